@@ -1,0 +1,1 @@
+"""cxrl benchmark suite: ``python -m benchmarks`` or ``cxrl bench``. One case per ``bench_<case>.py``."""
