@@ -86,11 +86,12 @@ def _ninja_from_wheel():
         return None
 
 
-packages = find_packages(include=["cxrl", "cxrl.*"]) + ["cxrl.kernels"]
+# kernels/ and benchmarks/ live at the top of the repository and install as cxrl.kernels / cxrl.benchmarks
+packages = find_packages(include=["cxrl", "cxrl.*"]) + ["cxrl.kernels", "cxrl.benchmarks"]
 
 setup(
     packages=packages,
-    package_dir={"cxrl.kernels": "kernels"},
+    package_dir={"cxrl.kernels": "kernels", "cxrl.benchmarks": "benchmarks"},
     package_data={"cxrl": ["assets/**/*", "assets/*", "configs/*.yaml"]},
     include_package_data=True,
     ext_modules=[CMakeExtension("cxrl._C", ROOT)],

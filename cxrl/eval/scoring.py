@@ -1,0 +1,117 @@
+"""Score a set of generated samples with the held-out evaluators: the five paper metrics for one model.
+
+``score_samples`` is independent of how the samples were made (any generator, or real images as a
+sanity check), so it is the piece to reuse from a notebook.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from cxrl.eval.auroc import macro_auroc
+from cxrl.eval.evaluators import Evaluators
+from cxrl.eval.fid import extract_features, fid_from_features
+from cxrl.eval.metrics import image_report_consistency, posture_alignment
+from cxrl.eval.ms_ssim import ms_ssim_diversity
+
+
+def _clean(value):
+    """JSON-safe number: NaN/Inf become None (json.dumps would write the invalid token NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _label_names() -> list[str]:
+    from cxrl.data.labels import CHEXPERT_LABELS
+
+    return list(CHEXPERT_LABELS)
+
+
+def item_labels(items: Sequence[dict]) -> torch.Tensor:
+    """Stack the items' ``labels`` (FloatTensor[14] each; a missing one is all-unmentioned) -> [P, 14]."""
+    rows = []
+    for i, item in enumerate(items):
+        labels = item.get("labels")
+        labels = torch.full((14,), math.nan) if labels is None else torch.as_tensor(labels, dtype=torch.float32).flatten()
+        if labels.numel() != 14:
+            raise ValueError(f"items[{i}] (id {item.get('id')!r}): 'labels' has {labels.numel()} entries, expected 14")
+        rows.append(labels)
+    return torch.stack(rows)
+
+
+def score_samples(samples: torch.Tensor, items: Sequence[dict], evaluators: Evaluators,
+                  feature_extractor=None, reference_features: torch.Tensor | None = None,
+                  batch_size: int = 32) -> dict:
+    """The paper metrics for ``samples [P, S, C, H, W]`` in [0, 1] made from ``items[p]["prompt"]``.
+
+    Returns a JSON-ready dict: ``posture`` (r_align), ``auroc`` (macro, labels with both classes),
+    ``consistency`` (mean cosine sim), ``fid`` (vs ``reference_features`` with ``feature_extractor``),
+    ``ms_ssim`` (diversity), ``n_prompts`` and the details of how each was computed. A metric whose
+    evaluator or reference set is absent is ``None`` and the reason is recorded under ``notes``.
+    """
+    if samples.dim() != 5:
+        raise ValueError(f"samples must be [prompts, samples_per_prompt, C, H, W], got shape {tuple(samples.shape)}")
+    num_prompts, per_prompt = samples.shape[:2]
+    if len(items) != num_prompts:
+        raise ValueError(f"{len(items)} items for samples of {num_prompts} prompts")
+    images = samples.flatten(0, 1)
+    prompts = [items[p]["prompt"] for p in range(num_prompts) for _ in range(per_prompt)]
+    labels = item_labels(items).repeat_interleave(per_prompt, dim=0)
+    metadata = [{"labels": labels[i]} for i in range(images.shape[0])]
+    notes: list[str] = []
+    result: dict = {"n_prompts": int(num_prompts), "samples_per_prompt": int(per_prompt), "n_images": int(images.shape[0])}
+
+    result["posture"] = posture_alignment(evaluators.posture, images, prompts, metadata, batch_size) if evaluators.posture else None
+    result["consistency"] = (image_report_consistency(evaluators.consistency, images, prompts, metadata, batch_size)
+                             if evaluators.consistency else None)
+    if evaluators.diagnostic is not None:
+        probs = torch.cat([evaluators.diagnostic.predict_proba(images[i:i + batch_size]).detach().cpu()
+                           for i in range(0, images.shape[0], batch_size)])
+        auroc = macro_auroc(probs, labels, _label_names())
+        result["auroc"] = _clean(auroc.macro)
+        result["auroc_per_label"] = {k: round(v, 6) for k, v in auroc.per_label.items()}
+        result["auroc_skipped_labels"] = auroc.skipped
+        if math.isnan(auroc.macro):
+            notes.append("AUROC undefined: no label had both positive and negative prompts")
+    else:
+        result["auroc"] = None
+    for kind, key in (("posture", "posture"), ("diagnostic", "auroc"), ("consistency", "consistency")):
+        if getattr(evaluators, kind) is None:
+            notes.append(f"{key}: no {kind} evaluator given")
+
+    if per_prompt >= 2:
+        diversity = ms_ssim_diversity(samples)
+        result.update(ms_ssim=diversity.mean, ms_ssim_scales=diversity.scales, ms_ssim_weights=list(diversity.weights))
+    else:
+        result["ms_ssim"] = None
+        notes.append("MS-SSIM needs >= 2 samples per prompt")
+
+    result["feature_extractor"] = getattr(feature_extractor, "name", None)
+    if feature_extractor is None:
+        result["fid"] = None
+        notes.append("FID: no feature extractor chosen")
+    elif reference_features is None:
+        result["fid"] = None
+        notes.append("FID: no reference images for these prompts")
+    else:
+        generated = extract_features(feature_extractor, images, batch_size)
+        result["fid"] = fid_from_features(generated, reference_features)
+        result["fid_reference_images"] = int(reference_features.shape[0])
+    result["evaluators"] = evaluators.describe()
+    result["notes"] = notes
+    return {k: _clean(v) for k, v in result.items()}
+
+
+def reference_images(items: Sequence[dict]) -> torch.Tensor | None:
+    """The items' real images stacked ``[N, 1, H, W]`` (None if no item has one); all must share a size."""
+    images = [item["image"] for item in items if item.get("image") is not None]
+    if not images:
+        return None
+    shapes = {tuple(img.shape) for img in images}
+    if len(shapes) != 1:
+        raise ValueError(f"reference images differ in shape {sorted(shapes)}; resize them to one size first")
+    return torch.stack([torch.as_tensor(img, dtype=torch.float32) for img in images])
+

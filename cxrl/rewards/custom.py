@@ -1,0 +1,93 @@
+"""Custom rewards (issue #10): a Python callable or a :class:`RewardModel` subclass named in a config.
+
+Config entry ``callable: "package.module:function"`` or ``"path/to/file.py:function"``. The callable has
+the reward signature
+
+    fn(images [B, C, H, W] float in [0, 1] on the device, prompts: list[str], metadata: list[dict])
+        -> FloatTensor [B]            (or a tuple (FloatTensor [B], info: dict))
+
+A class (subclass of RewardModel) named the same way is instantiated with the entry's ``kwargs``.
+Loading a file executes it — a custom reward is code the user names explicitly, nothing else is run.
+Output checks: wrong shape, dtype or device is a ValueError/TypeError naming the reward; non-finite
+values raise too when ``strict=True``, otherwise the RewardSuite reports them (reward + prompt) and
+excludes the sample from the update.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from cxrl.rewards.base import RewardModel, check_reward_inputs, check_reward_output
+
+
+class FunctionReward(RewardModel):
+    """Wrap a plain reward function; the last ``info`` dict it returned is kept in ``last_info``."""
+
+    def __init__(self, fn: Callable, name: str | None = None, comparative: bool = True, strict: bool = False):
+        if not callable(fn):
+            raise TypeError(f"custom reward {name!r}: {fn!r} is not callable")
+        super().__init__(name or getattr(fn, "__name__", "custom"), comparative)
+        self.fn = fn
+        self.strict = strict
+        self.last_info: dict = {}
+
+    def __call__(self, images, prompts, metadata=None) -> torch.Tensor:
+        prompts = list(prompts)
+        metadata = list(metadata) if metadata is not None else [{} for _ in prompts]
+        check_reward_inputs(self.name, images, prompts, metadata)
+        with torch.no_grad():
+            out = self.fn(images, prompts, metadata)
+        if isinstance(out, tuple):
+            if len(out) != 2 or not isinstance(out[1], dict):
+                raise ValueError(f"reward '{self.name}' returned a tuple; expected (FloatTensor [B], info dict)")
+            out, self.last_info = out
+        return check_reward_output(self.name, out, images.shape[0], images.device, require_finite=self.strict)
+
+
+def _resolve(spec: str):
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(f"custom reward: callable must be 'module:function' or 'path/to/file.py:function', got {spec!r}")
+    target, attr = spec.rsplit(":", 1)
+    if not attr.isidentifier():
+        raise ValueError(f"custom reward {spec!r}: {attr!r} is not a Python identifier")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"custom reward {spec!r}: file {path} does not exist")
+        mod_name = f"cxrl_custom_reward_{abs(hash(str(path.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as err:
+            raise ImportError(f"custom reward {spec!r}: cannot import module {target!r} ({err})") from err
+    if not hasattr(module, attr):
+        raise AttributeError(f"custom reward {spec!r}: {target} has no attribute {attr!r}")
+    return getattr(module, attr)
+
+
+def load_custom_reward(spec: str, name: str | None = None, comparative: bool | None = None, strict: bool = False,
+                       kwargs: dict | None = None) -> RewardModel:
+    """A RewardModel from a config entry naming a callable or a RewardModel subclass.
+
+    ``comparative`` None keeps the class's default (functions: True, i.e. compared with the anchor)."""
+    obj = _resolve(spec)
+    label = name or spec.rsplit(":", 1)[1]
+    if inspect.isclass(obj):
+        if not issubclass(obj, RewardModel):
+            raise TypeError(f"custom reward {spec!r}: class {obj.__name__} is not a subclass of cxrl.rewards.RewardModel")
+        model = obj(**(kwargs or {}))
+        model.name = label if name else (model.name if model.name != "reward" else label)
+        if comparative is not None:
+            model.comparative = bool(comparative)
+        return model
+    if kwargs:
+        raise ValueError(f"custom reward {spec!r}: kwargs are only for RewardModel classes, {label} is a function")
+    return FunctionReward(obj, name=label, comparative=True if comparative is None else comparative, strict=strict)

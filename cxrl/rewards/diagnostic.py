@@ -1,0 +1,127 @@
+"""Diagnostic-condition reward s_diag: a CXR classifier scored against the report's labels.
+
+    s_diag = −mean_{c labelled} BCE(p_c, y_c)
+
+over the CheXpert-14 classes whose report label is positive (1) or negative (0); uncertain (−1) and
+unmentioned (nan) labels are masked, and so are classes the classifier does not predict (nan
+probability, e.g. the torchxrayvision outputs with no CheXpert counterpart). A sample with no labelled
+class gets 0 and is flagged in ``last_unlabelled`` (and warned about once per call).
+
+Backends: the project's own small classifier (:class:`CXRClassifier`, trained with
+``cxrl train-reward diagnostic``) and torchxrayvision models (``xrv_backend.XRVClassifier``). Both
+expose ``probabilities(x) -> [B, 14]`` and ``features(x) -> [B, D]`` on prepared inputs;
+:meth:`DiagnosticReward.features` is the FID feature extractor of the phantom world.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxrl.rewards.base import RewardModel, labels_from_metadata, prepare_cxr
+from cxrl.rewards.nets import ConvEncoder, load_state_strict, read_model_dir, save_model_dir
+
+log = logging.getLogger(__name__)
+NUM_LABELS = 14
+_EPS = 1e-6
+
+
+def masked_bce_score(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s_diag [B], has_label [B]): −mean BCE over classes with a 0/1 label and a finite probability."""
+    mask = ((labels == 0) | (labels == 1)) & torch.isfinite(probs)
+    p = torch.where(mask, probs, torch.full_like(probs, 0.5)).clamp(_EPS, 1 - _EPS)
+    y = torch.where(mask, labels, torch.zeros_like(labels))
+    bce = -(y * torch.log(p) + (1 - y) * torch.log1p(-p))
+    count = mask.sum(dim=1)
+    score = -(bce * mask).sum(dim=1) / count.clamp(min=1)
+    return score, count > 0
+
+
+def masked_bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Training loss: BCE-with-logits averaged over the 0/1-labelled entries of the batch."""
+    mask = (labels == 0) | (labels == 1)
+    y = torch.where(mask, labels, torch.zeros_like(labels))
+    loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+class CXRClassifier(nn.Module):
+    """The project's own small CheXpert-14 classifier: ConvEncoder features -> 14 logits."""
+
+    def __init__(self, widths=(16, 32, 64, 128), feature_dim: int = 128, resolution: int = 64):
+        super().__init__()
+        self.encoder = ConvEncoder(widths, feature_dim)
+        self.classifier = nn.Linear(feature_dim, NUM_LABELS)
+        self.resolution = resolution
+        self.arch = {"widths": list(widths), "feature_dim": feature_dim, "resolution": resolution}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.encoder(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self(x))
+
+    def prepare(self, images: torch.Tensor, name: str, dtype) -> torch.Tensor:
+        return prepare_cxr(images, self.resolution, name, dtype)
+
+
+class DiagnosticReward(RewardModel):
+    """s_diag for a classifier backend (own :class:`CXRClassifier` or ``XRVClassifier``). Comparative by default."""
+
+    name = "diagnostic"
+    comparative = True
+
+    def __init__(self, classifier: nn.Module, name: str | None = None, comparative: bool | None = None,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__(name, comparative)
+        self.classifier = classifier.eval().requires_grad_(False)
+        self.dtype = dtype
+        self.classifier.to(dtype)
+        self.last_unlabelled = torch.zeros(0, dtype=torch.bool)
+
+    def to(self, device, dtype: torch.dtype | None = None) -> "DiagnosticReward":
+        if dtype is not None:
+            self.dtype = dtype
+            self.classifier.to(dtype)
+        return super().to(device)
+
+    def _prepared(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier.prepare(images, self.name, self.dtype).to(self.device)
+
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-class probabilities [B, 14] (float32, CheXpert order; nan where the backend has no output)."""
+        with torch.no_grad():
+            return self.classifier.probabilities(self._prepared(images)).float()
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate features [B, D] (float32): the phantom world's FID feature extractor."""
+        with torch.no_grad():
+            return self.classifier.features(self._prepared(images)).float()
+
+    def score(self, images, prompts, metadata) -> torch.Tensor:
+        labels = labels_from_metadata(self.name, prompts, metadata, self.device)
+        scores, has_label = masked_bce_score(self.predict_proba(images), labels)
+        self.last_unlabelled = ~has_label
+        if not bool(has_label.all()):
+            idx = (~has_label).nonzero().flatten().tolist()
+            log.warning("reward '%s': %d sample(s) have no labelled class, scored 0: %s", self.name, len(idx),
+                        [prompts[i][:80] for i in idx[:3]])
+        return scores.to(images.device)
+
+    def save(self, out_dir, extra: dict | None = None) -> Path:
+        if not isinstance(self.classifier, CXRClassifier):
+            raise ValueError(f"reward '{self.name}': only the own CXRClassifier backend is saved by cxrl")
+        return save_model_dir(self.classifier, {"kind": "diagnostic", "arch": self.classifier.arch, **(extra or {})}, out_dir)
+
+    @classmethod
+    def load(cls, path, **kwargs) -> "DiagnosticReward":
+        config, state = read_model_dir(path, "diagnostic")
+        net = CXRClassifier(**config["arch"])
+        load_state_strict(net, state, path)
+        return cls(net, **kwargs)

@@ -1,0 +1,103 @@
+"""Training sets of the reward models, rendered / read once and held in memory (optionally cached on disk).
+
+Phantom world: real IU X-ray reports of the *train* split, split again into two disjoint halves by a
+stable hash of the report id — ``subset="reward"`` trains the reward models the RL optimises,
+``subset="evaluator"`` trains the held-out evaluators that judge it (``"all"`` uses both). Each report is
+rendered ``renders_per_report`` times in canonical posture (ψ = identity) with seeds derived from
+(phantom_seed, report id, k); posture variation is added by the training augmentations.
+MIMIC-CXR-JPG: the first ``limit`` items of ``cxrl.data.MimicCXR(root, split)``.
+"""
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+SUBSETS = ("reward", "evaluator", "all")
+
+
+def report_subset_of(report_id) -> str:
+    """Stable half of the report ids: 'reward' or 'evaluator'."""
+    return "reward" if zlib.crc32(f"cxrl-reward-split-{report_id}".encode()) % 2 == 0 else "evaluator"
+
+
+def phantom_training_set(subset: str = "reward", phantom_seed: int = 0, renders_per_report: int = 4,
+                         resolution: int = 64, max_items: int | None = None, split: str = "train") -> dict:
+    """{"images": float16 [N,1,R,R] in [0,1], "labels": float32 [N,14], "prompts": list[str], "meta": dict}."""
+    if subset not in SUBSETS:
+        raise ValueError(f"report subset must be one of {SUBSETS}, got {subset!r}")
+    if renders_per_report < 1:
+        raise ValueError(f"renders_per_report must be >= 1, got {renders_per_report}")
+    from cxrl.data import IUXrayReports
+    from cxrl.data.phantom import render_phantom
+
+    reports = IUXrayReports(split=split)
+    t0 = time.perf_counter()
+    images, labels, prompts = [], [], []
+    for i in range(len(reports)):
+        report_id = reports.reports[i].id
+        if subset != "all" and report_subset_of(report_id) != subset:
+            continue
+        lab = reports.label_tensor(i)
+        for k in range(renders_per_report):
+            seed = zlib.crc32(f"{phantom_seed}-{report_id}-{k}".encode())
+            image, _ = render_phantom(lab, posture=None, seed=seed, resolution=resolution)
+            images.append(torch.as_tensor(image, dtype=torch.float32))
+            labels.append(lab)
+            prompts.append(reports.prompts[i])
+            if max_items is not None and len(images) >= max_items:
+                break
+        if max_items is not None and len(images) >= max_items:
+            break
+    if not images:
+        raise ValueError(f"phantom training set: no reports in split {split!r} subset {subset!r}")
+    meta = {"source": "phantom", "split": split, "subset": subset, "phantom_seed": phantom_seed,
+            "renders_per_report": renders_per_report, "resolution": resolution, "n": len(images),
+            "n_reports": len(set(prompts)), "render_seconds": round(time.perf_counter() - t0, 2)}
+    return {"images": torch.stack(images).unsqueeze(1).clamp(0, 1).half(), "labels": torch.stack(labels),
+            "prompts": prompts, "meta": meta}
+
+
+def mimic_training_set(root, split: str = "train", resolution: int = 64, limit: int | None = 20000) -> dict:
+    from cxrl.data import MimicCXR
+
+    ds = MimicCXR(root, split=split, resolution=resolution)
+    images, labels, prompts = [], [], []
+    for i in range(len(ds) if limit is None else min(limit, len(ds))):
+        item = ds[i]
+        if item.get("image") is None:
+            continue
+        images.append(item["image"].float().reshape(1, resolution, resolution))
+        labels.append(item["labels"])
+        prompts.append(item["prompt"])
+    if not images:
+        raise ValueError(f"MIMIC-CXR at {root}: no readable images in split {split!r}")
+    meta = {"source": "mimic", "root": str(root), "split": split, "resolution": resolution, "n": len(images)}
+    return {"images": torch.stack(images).clamp(0, 1).half(), "labels": torch.stack(labels), "prompts": prompts, "meta": meta}
+
+
+def save_training_set(data: dict, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"meta": json.dumps(data["meta"], sort_keys=True), "prompts": json.dumps(data["prompts"])}
+    save_file({"images": data["images"].contiguous(), "labels": data["labels"].contiguous()}, str(path), metadata=meta)
+
+
+def load_training_set(path, expected_meta: dict | None = None) -> dict | None:
+    """The cached set at ``path``, or None when absent or rendered with other settings."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata() or {}
+    meta = json.loads(header.get("meta", "{}"))
+    if expected_meta is not None and any(meta.get(k) != v for k, v in expected_meta.items()):
+        return None
+    tensors = load_file(str(path))
+    return {"images": tensors["images"], "labels": tensors["labels"], "prompts": json.loads(header["prompts"]), "meta": meta}

@@ -1,0 +1,161 @@
+"""Run outputs: JSONL metrics, TensorBoard (when installed), progress bars, reward curves, sample grids.
+
+Only rank 0 writes; other ranks get a logger whose methods do nothing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _tensorboard_writer(log_dir: Path, mode: str):
+    if mode == "off":
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        if mode == "on":
+            raise RuntimeError(f"log.tensorboard is 'on' but tensorboard is not installed ({err}); "
+                               "`pip install tensorboard` or set log.tensorboard=auto") from err
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+class MetricsLogger:
+    """Appends one JSON object per epoch to ``metrics.jsonl``; mirrors scalars to TensorBoard."""
+
+    def __init__(self, output_dir: str | Path, enabled: bool = True, tensorboard: str = "auto", progress: bool = True):
+        self.enabled = enabled
+        self.progress_enabled = progress and enabled
+        self.dir = Path(output_dir)
+        self.path = self.dir / "metrics.jsonl"
+        self._tb = None
+        if enabled:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._tb = _tensorboard_writer(self.dir / "tensorboard", tensorboard)
+
+    def truncate_after(self, epoch: int) -> None:
+        """On resume, drop records of epochs after the checkpoint (they will be re-run)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line.strip() and _epoch_of(line) <= epoch]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, epoch: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"epoch": epoch, **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self._tb.add_scalar(k, v, epoch)
+            self._tb.flush()
+
+    def warn(self, message: str) -> None:
+        if self.enabled:
+            print(f"cxrl: warning: {message}", file=sys.stderr, flush=True)
+            with open(self.dir / "warnings.log", "a") as fh:
+                fh.write(message + "\n")
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            print(f"cxrl: {message}", file=sys.stderr, flush=True)
+
+    def progress(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, disable=not self.progress_enabled, leave=False, dynamic_ncols=True)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _epoch_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("epoch", -1))
+    except (ValueError, AttributeError):
+        return -1
+
+
+def _plain(v):
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu()
+        return v.item() if v.numel() == 1 else v.tolist()
+    return v
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics file not found: {path}")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_reward_curves(metrics_path: str | Path, out_png: str | Path) -> Path:
+    """One panel per reward component (``reward/<name>``) plus the combined reward, against epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    keys = sorted({k for r in records for k in r if k.startswith("reward/") and k.endswith("/mean")})
+    if not keys:
+        raise ValueError(f"{metrics_path} has no 'reward/*/mean' metrics to plot")
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        pts = [(r["epoch"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".")
+        ax.set_title(key.removeprefix("reward/").removesuffix("/mean"))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def save_sample_grid(images: torch.Tensor, captions: list[str], out_png: str | Path, cols: int = 4, caption_chars: int = 60) -> Path:
+    """Images ``[B, C, H, W]`` in [0, 1] in a grid, each with (the start of) its prompt as caption."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"save_sample_grid: images must be [B, 1|3, H, W], got {tuple(images.shape)}")
+    if len(captions) != images.shape[0]:
+        raise ValueError(f"save_sample_grid: {images.shape[0]} images but {len(captions)} captions")
+    n = images.shape[0]
+    cols = max(1, min(cols, n))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.4 * rows), squeeze=False)
+    imgs = images.detach().float().clamp(0, 1).cpu()
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = imgs[i]
+        if img.shape[0] == 1:
+            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        else:
+            ax.imshow(img.permute(1, 2, 0).numpy())
+        text = captions[i] if len(captions[i]) <= caption_chars else captions[i][: caption_chars - 1] + "…"
+        ax.set_title(text, fontsize=7, wrap=True)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,327 @@
+"""The RL loop. One epoch = draw prompts → rollout (policy + ACE) → rewards with RLCF → advantages →
+PPO-clip updates → log / sample grid / checkpoint. Each stage is a method; the trainer only wires them.
+
+Determinism: every epoch's randomness comes from generators derived from ``(train.seed, epoch, …)``
+(prompt draw, rollout step noise per sampling chunk, minibatch plans) and initial noises come from the
+reward suite's seed bank, so an epoch's result depends only on the state at its start — which is
+exactly what a checkpoint holds. That makes a resumed run bitwise equal to an uninterrupted one on
+CPU, and a data-parallel run equal to a single-process run with the same global batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from pathlib import Path
+
+import torch
+
+from cxrl.config import Config, to_yaml
+from cxrl.rl import checkpoint as ckpt
+from cxrl.rl.components import (Policy, build_generator, build_optimizer, build_policy, build_reward_suite,
+                                lr_schedule)
+from cxrl.rl.distributed import DistContext
+from cxrl.rl.logging import MetricsLogger, plot_reward_curves, save_sample_grid
+from cxrl.rl.prompts import PromptPool
+from cxrl.rl.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_everything, torch_generator
+from cxrl.rl.update import EMA, PPOUpdater, UpdateSettings
+
+
+@dataclasses.dataclass
+class EpochBatch:
+    """This rank's share of one epoch: prompts, metadata, seeds and the filled trajectory store."""
+
+    entries: list[dict]
+    seeds: list[int]
+    store: object = None
+    images: torch.Tensor | None = None
+    initial_noise: torch.Tensor | None = None
+    embeds: torch.Tensor | None = None          # [P_local, L, D] unique prompts of this rank
+    sample_seconds: float = 0.0
+
+    @property
+    def prompts(self) -> list[str]:
+        return [e["prompt"] for e in self.entries]
+
+
+class Trainer:
+    def __init__(self, cfg: Config, pool: PromptPool, dist: DistContext | None = None, output_dir: str | Path | None = None):
+        self.cfg = cfg
+        self.dist = dist or DistContext()
+        self.device = self.dist.device
+        self.out = Path(output_dir or cfg.log.output_dir)
+        self.pool = pool
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+        self.logger = MetricsLogger(self.out, enabled=self.dist.is_main, tensorboard=cfg.log.tensorboard,
+                                    progress=cfg.log.progress)
+        self.gen = build_generator(cfg.model, self.device, workdir=self.out / "work" / f"rank{self.dist.rank}")
+        from cxrl.rewards import anchor_weights_hash
+
+        anchor_hash = anchor_weights_hash(self.gen.unet)
+        self.policy: Policy = build_policy(self.gen, cfg.model, cfg.train.seed)
+        self.optimizer = build_optimizer(self.policy, cfg.train)
+        t = cfg.train
+        settings = UpdateSettings(batch_size=t.batch_size, timestep_fraction=t.timestep_fraction,
+                                  gradient_accumulation=t.gradient_accumulation, inner_epochs=t.inner_epochs,
+                                  clip_range=t.clip_range, adv_clip=t.adv_clip, max_grad_norm=t.max_grad_norm,
+                                  kl_beta=t.kl_beta, max_nonfinite=t.max_nonfinite, autocast_dtype=self._autocast_dtype())
+        ema = EMA(self.policy.params, t.ema_decay) if t.ema_decay > 0 else None
+        self.updater = PPOUpdater(self.policy.params, self.optimizer, settings, lr_schedule(t.warmup_steps),
+                                  dist=self.dist, ema=ema, warn=self.logger.warn)
+        from cxrl.trajectory import AdvantageTracker
+
+        self.tracker = AdvantageTracker(mode=t.advantage, window=t.advantage_window, min_count=t.advantage_min_count,
+                                        group_size=cfg.sampling.group_size if t.advantage == "group" else None,
+                                        clip=t.adv_clip)
+        s = cfg.sampling
+        sampler_settings = {"num_steps": s.num_steps, "guidance_scale": s.guidance_scale, "eta": s.eta,
+                            "anchor_batch": s.batch_size}
+        cache_path = Path(cfg.rewards.anchor_cache) if cfg.rewards.anchor_cache else self.out / "anchor_cache.json"
+        if self.dist.enabled:  # one file per rank: ranks never overwrite each other's entries
+            cache_path = cache_path.with_name(f"{cache_path.stem}.rank{self.dist.rank}{cache_path.suffix}")
+        self.suite = build_reward_suite(cfg.rewards, self.device, self._anchor_images, anchor_hash, sampler_settings,
+                                        self.gen.latent_shape, cfg.train.seed, cache_path)
+        self.epoch = 0   # the next epoch to run
+
+    # -- the frozen anchor ------------------------------------------------------------------------
+
+    def _anchor_gen(self):
+        if self.policy.anchor_unet is not None:
+            return dataclasses.replace(self.gen, unet=self.policy.anchor_unet)
+        return self.gen
+
+    def _anchor_images(self, prompts: list[str], initial_noise: torch.Tensor) -> torch.Tensor:
+        """The anchor's images from the policy's initial noise, in chunks of ``sampling.batch_size``.
+        Each chunk's step noise is seeded from its own initial noise, so an anchor image (and its cached
+        score) depends on its inputs only, not on the epoch, the rank or what else was sampled."""
+        from cxrl.diffusion.rollout import sample_images
+
+        s = self.cfg.sampling
+        images = []
+        with self._lora_disabled():
+            for begin in range(0, len(prompts), s.batch_size):
+                noise = initial_noise[begin:begin + s.batch_size]
+                digest = hashlib.sha256(noise.detach().float().cpu().numpy().tobytes()).digest()
+                rng = torch_generator(int.from_bytes(digest[:8], "little") >> 1, self.device)
+                images.append(sample_images(self._anchor_gen(), prompts[begin:begin + s.batch_size], num_steps=s.num_steps,
+                                            guidance_scale=s.guidance_scale, eta=s.eta, initial_noise=noise, generator=rng))
+        return torch.cat(images)
+
+    def _lora_disabled(self):
+        import contextlib
+
+        unet = self.gen.unet
+        if self.policy.anchor_unet is not None or not hasattr(unet, "disable_adapters"):
+            return contextlib.nullcontext()
+
+        @contextlib.contextmanager
+        def ctx():
+            unet.disable_adapters()
+            try:
+                yield
+            finally:
+                unet.enable_adapters()
+        return ctx()
+
+    def _autocast_dtype(self):
+        mp = self.cfg.train.mixed_precision
+        if mp == "bf16" or (mp == "auto" and self.device.type == "cuda"):
+            if self.device.type != "cuda":
+                raise ValueError("train.mixed_precision 'bf16' autocast is for CUDA; use 'auto' or 'no' on CPU")
+            return torch.bfloat16
+        return None
+
+    # -- stages -----------------------------------------------------------------------------------
+
+    def draw_prompts(self, epoch: int) -> tuple[list[dict], list[int], slice]:
+        """The global draw (identical on every rank), its seed-bank seeds, and this rank's slice."""
+        s = self.cfg.sampling
+        entries = self.pool.draw(s.samples_per_epoch // s.group_size, s.group_size, self.cfg.train.seed, epoch)
+        seeds = self.suite.seed_bank.seeds_for([e["prompt"] for e in entries])
+        return entries, seeds, self.dist.shard(len(entries))
+
+    def collect_rollouts(self, epoch: int, entries: list[dict], seeds: list[int], first_sample: int) -> EpochBatch:
+        from cxrl.diffusion.rollout import rollout
+        from cxrl.rewards import noise_for
+        from cxrl.trajectory import TrajectoryStore
+
+        s = self.cfg.sampling
+        batch = EpochBatch(entries=entries, seeds=seeds)
+        n = len(entries)
+        store = TrajectoryStore(num_samples=n, num_steps=s.num_steps, latent_shape=self.gen.latent_shape,
+                                num_rewards=len(self.suite.names), dtype=torch.float32, device=self.device)
+        unique = list(dict.fromkeys(batch.prompts))
+        ids = torch.tensor([unique.index(p) for p in batch.prompts], dtype=torch.long)
+        batch.embeds = self.gen.encode_prompts(unique)
+        noise = noise_for(seeds, self.gen.latent_shape, device=self.device, dtype=self.gen.dtype)
+        images = []
+        start_time = time.perf_counter()
+        bar = self.logger.progress(n, f"epoch {epoch} sampling")
+        for begin in range(0, n, s.batch_size):
+            end = min(n, begin + s.batch_size)
+            # one generator per global chunk: the same step noise whatever the sharding
+            chunk = (first_sample + begin) // s.batch_size
+            gen_rng = torch_generator(derive_seed(self.cfg.train.seed, epoch, chunk, "rollout"), self.device)
+            out = rollout(self.gen, batch.embeds[ids[begin:end].to(batch.embeds.device)], store, begin,
+                          ace=self.policy.ace, num_steps=s.num_steps, guidance_scale=s.guidance_scale, eta=s.eta,
+                          initial_noise=noise[begin:end], generator=gen_rng)
+            images.append(out.images)
+            bar.update(end - begin)
+        bar.close()
+        store.write_prompt_ids(0, ids)
+        batch.store, batch.images, batch.initial_noise = store, torch.cat(images), noise
+        batch.sample_seconds = time.perf_counter() - start_time
+        return batch
+
+    def score(self, batch: EpochBatch):
+        metadata = [{"labels": e["labels"]} if e.get("labels") is not None else {} for e in batch.entries]
+        start = time.perf_counter()
+        out = self.suite.score(batch.images, batch.prompts, metadata, seeds=batch.seeds, initial_noise=batch.initial_noise)
+        batch.store.write_rewards(0, out.components.to(torch.float32))
+        return out, time.perf_counter() - start
+
+    def advantages(self, global_entries: list[dict], local: slice, reward_out) -> tuple[torch.Tensor, dict]:
+        """Gather rewards from all ranks, compute advantages on the global set, keep this rank's slice."""
+        combined = self.dist.all_gather_cat(reward_out.combined.float().cpu())
+        components = self.dist.all_gather_cat(reward_out.components.float().cpu())
+        valid = self.dist.all_gather_cat(reward_out.valid.to(torch.uint8).cpu()).bool()
+        adv = self.tracker.compute([e["prompt"] for e in global_entries], combined)
+        adv = torch.where(valid, adv, torch.zeros_like(adv))   # invalid samples do not move the policy
+        stats = {"reward/combined/mean": combined.mean(), "reward/combined/std": combined.std(unbiased=False),
+                 "advantage/mean": adv.mean(), "advantage/std": adv.std(unbiased=False),
+                 "advantage/abs_max": adv.abs().max(), "reward/invalid_samples": int((~valid).sum())}
+        for k, name in enumerate(self.suite.names):
+            stats[f"reward/{name}/mean"] = components[:, k].mean()
+            stats[f"reward/{name}/std"] = components[:, k].std(unbiased=False)
+        return adv[local], stats
+
+    def update(self, epoch: int, batch: EpochBatch):
+        s, ace = self.cfg.sampling, self.policy.ace
+        from cxrl.diffusion.rollout import recompute_log_prob
+
+        def log_prob_fn(mb):
+            embeds = batch.embeds[mb.prompt_ids.to(batch.embeds.device)]
+            kw = dict(negative_embeds=None, guidance_scale=s.guidance_scale, eta=s.eta, num_steps=s.num_steps)
+            if self.cfg.train.kl_beta <= 0:
+                return recompute_log_prob(self.gen, mb.x_t, mb.x_prev, mb.timesteps, embeds, ace=ace, **kw), None
+            details = recompute_log_prob(self.gen, mb.x_t, mb.x_prev, mb.timesteps, embeds, ace=ace,
+                                         return_details=True, **kw)
+            with torch.no_grad(), self._lora_disabled():
+                anchor = recompute_log_prob(self._anchor_gen(), mb.x_t, mb.x_prev, mb.timesteps, embeds,
+                                            return_details=True, **kw)
+            from cxrl.rl.ppo import kl_to_anchor
+
+            std = details.std.view(-1, *([1] * (details.mean.dim() - 1)))
+            return details.log_prob, kl_to_anchor(details.mean.float(), anchor.mean.float(), std.float())
+
+        self.gen.unet.train()
+        try:
+            seed = derive_seed(self.cfg.train.seed, epoch, self.dist.rank, "plan")
+            return self.updater.run(batch.store, log_prob_fn, seed, lambda idx: [batch.prompts[i][:80] for i in idx])
+        finally:
+            self.gen.unet.eval()
+
+    # -- one epoch and the run --------------------------------------------------------------------
+
+    def run_epoch(self, epoch: int) -> dict:
+        d = self.dist
+        with d.stage("draw prompts"):
+            entries, seeds, local = self.draw_prompts(epoch)
+        with d.stage("rollout"):
+            batch = self.collect_rollouts(epoch, entries[local], seeds[local], local.start)
+        with d.stage("rewards"):
+            reward_out, score_seconds = self.score(batch)
+        adv, stats = self.advantages(entries, local, reward_out)
+        batch.store.write_advantages(0, adv.to(batch.store.advantages.device))
+        with d.stage("update"):
+            result = self.update(epoch, batch)
+        n = len(batch.entries)
+        metrics = {**stats, **result.metrics(), "lr": self.optimizer.param_groups[0]["lr"],
+                   "throughput/sample_images_per_s": n / max(batch.sample_seconds, 1e-9),
+                   "throughput/score_images_per_s": n / max(score_seconds, 1e-9),
+                   "anchor/images_generated": self.suite.anchor_images_generated}
+        if self.suite.cache is not None:
+            metrics.update({f"anchor_cache/{k}": v for k, v in self.suite.cache.stats().items()})
+        if result.first_ratios:
+            metrics["train/first_minibatch_ratio"] = result.first_ratios[0]
+        self.logger.log(epoch, metrics)
+        every = self.cfg.log.sample_every
+        if every and self.dist.is_main and (epoch + 1) % every == 0:
+            k = min(self.cfg.log.sample_count, n)
+            save_sample_grid(batch.images[:k], batch.prompts[:k], self.out / f"samples_epoch{epoch:04d}.png")
+        return metrics
+
+    def fit(self) -> list[dict]:
+        history = []
+        total = self.cfg.train.epochs
+        while self.epoch < total:
+            metrics = self.run_epoch(self.epoch)
+            history.append(metrics)
+            self.epoch += 1
+            if self.epoch % self.cfg.checkpoint.every == 0 or self.epoch == total:
+                self.save_checkpoint()
+        if self.dist.is_main:
+            self.suite.flush()
+            plot_reward_curves(self.logger.path, self.out / "reward_curves.png")
+        self.logger.close()
+        return history
+
+    # -- checkpoint -------------------------------------------------------------------------------
+
+    def state_groups(self) -> dict:
+        rng_tensors, rng_json = capture_rng_state()
+        weights = {k: v.detach() for k, v in self.policy.named_trainable().items()}
+        cache = self.suite.cache
+        trainer = {"epoch": self.epoch, "updater": self.updater.state_dict(), "rng": rng_json,
+                   "anchor_cache": {"path": str(cache.path), "namespace": cache.namespace, "entries": len(cache)}
+                   if cache is not None else None}
+        groups = {"weights": weights, "optimizer": self.optimizer.state_dict(), "trainer": trainer,
+                  "rng": rng_tensors, "tracker": self.tracker.state_dict()}
+        if self.updater.ema is not None:
+            groups["ema"] = self.updater.ema.state_dict()
+        return groups
+
+    def save_checkpoint(self) -> Path | None:
+        """Rank 0 writes; every rank waits for it, so no rank races ahead of a checkpoint."""
+        path = None
+        with self.dist.stage("checkpoint"):
+            if self.dist.is_main:
+                self.suite.flush()   # the cache file the checkpoint points to holds every entry so far
+                root = self.out / "checkpoints"
+                path = ckpt.save_checkpoint(root, self.epoch, self.state_groups(), {"config.yaml": to_yaml(self.cfg)})
+                ckpt.prune_checkpoints(root, self.cfg.checkpoint.keep)
+        self.dist.barrier()
+        return path
+
+    def load_state_groups(self, groups: dict) -> None:
+        named = self.policy.named_trainable()
+        weights = groups["weights"]
+        if set(weights) != set(named):
+            missing, extra = sorted(set(named) - set(weights)), sorted(set(weights) - set(named))
+            raise ValueError(f"checkpoint weights do not match this model (different model.* settings?): "
+                             f"missing {missing[:3]}, unexpected {extra[:3]}")
+        with torch.no_grad():
+            for k, p in named.items():
+                p.copy_(weights[k])
+        self.optimizer.load_state_dict(groups["optimizer"])
+        self.tracker.load_state_dict(groups["tracker"])
+        trainer = groups["trainer"]
+        self.updater.load_state_dict(trainer["updater"])
+        if self.updater.ema is not None:
+            if "ema" not in groups:
+                raise ValueError("train.ema_decay > 0 but the checkpoint has no EMA state")
+            self.updater.ema.load_state_dict(groups["ema"])
+        restore_rng_state(groups["rng"], trainer["rng"])
+        self.epoch = int(trainer["epoch"])
+
+    def resume(self, run_dir: str | Path) -> bool:
+        """Continue from the newest complete checkpoint under ``run_dir``; False if there is none."""
+        path = ckpt.latest_checkpoint(Path(run_dir) / "checkpoints", log=self.logger.warn if self.dist.is_main else (lambda m: None))
+        if path is None:
+            return False
+        _, groups = ckpt.load_checkpoint(path)
+        self.load_state_groups(groups)
+        self.logger.truncate_after(self.epoch - 1)
+        self.logger.info(f"resumed from {path} (next epoch {self.epoch})")
+        return True
+

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny random-weight generators saved once per session in the diffusers layout.
+
+The directories are read-only by convention: tests load them with ``load_generator`` (a fresh,
+independent copy each time) and save changes elsewhere.
+"""
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_pixel_dir(tmp_path_factory):
+    """Pixel-space 1x16x16 generator (UNet widths 32/64, 2-layer CLIP of width 32)."""
+    from cxrl.diffusion.tiny import make_tiny_generator
+
+    return make_tiny_generator(tmp_path_factory.mktemp("tiny_pixel") / "gen", kind="pixel", resolution=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_latent_dir(tmp_path_factory):
+    """Latent generator: 1x16x16 images through a 2x AutoencoderKL to 4x8x8 latents."""
+    from cxrl.diffusion.tiny import make_tiny_generator
+
+    return make_tiny_generator(tmp_path_factory.mktemp("tiny_latent") / "gen", kind="latent", resolution=16)
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one intra-op torch thread (restored after): on a shared, loaded CPU one thread
+    is several times faster than two contended ones for these tiny models."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,103 @@
+"""evaluate_models and the `cxrl sample` / `cxrl evaluate` commands end to end on tiny random
+generators and tiny evaluators loaded through the real loaders."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxrl.cli import main as cli_main
+from cxrl.eval.evaluate import SamplingSettings, evaluate_models, generate_samples
+from cxrl.eval.evaluators import load_evaluators
+from cxrl.eval.fid import ClassifierFeatures
+
+SETTINGS = SamplingSettings(samples_per_prompt=4, num_steps=3, guidance_scale=2.0, seed=3, batch_size=8)
+
+
+def test_evaluate_models_pairs_noise_and_writes_report(tiny_generators, evaluator_root, make_items, tmp_path):
+    from cxrl.diffusion import load_generator
+
+    models = {name: load_generator(path) for name, path in tiny_generators.items()}
+    evaluators = load_evaluators(evaluator_root)
+    items = make_items(3)
+    extractor = ClassifierFeatures(evaluators.diagnostic, name="toy-diagnostic")
+    results, samples = evaluate_models(models, items, evaluators, extractor, settings=SETTINGS, out_dir=tmp_path,
+                                       return_samples=True)
+    assert samples["base"].shape == (3, 4, 1, 32, 32)
+    assert 0 <= samples["base"].min() and samples["base"].max() <= 1
+    # same model, same settings -> bit-identical samples (the base/tuned pairing relies on it)
+    again = generate_samples(models["base"], [it["prompt"] for it in items], SETTINGS)
+    torch.testing.assert_close(again, samples["base"], rtol=0, atol=0)
+    assert not torch.equal(samples["base"], samples["tuned"])
+    for name in ("base", "tuned"):
+        m = results[name]
+        assert m["n_prompts"] == 3 and m["feature_extractor"] == "toy-diagnostic"
+        assert m["fid"] is not None and m["fid"] >= 0 and m["posture"] <= 0
+    payload = json.loads((tmp_path / "metrics.json").read_text())
+    assert payload["prompt_ids"] == ["item-0", "item-1", "item-2"]
+    assert (tmp_path / "grids" / "comparison.png").is_file()
+    with pytest.raises(ValueError, match="unknown model"):
+        evaluate_models(models, items, evaluators, aces={"other": None}, settings=SETTINGS)
+
+
+def test_sample_command_writes_pngs_and_grid(tiny_generators, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Small left pleural effusion.\n\nNo acute cardiopulmonary process.\n")
+    out = tmp_path / "samples"
+    rc = cli_main(["sample", "--model", str(tiny_generators["base"]), "--prompts", str(prompts), "--n", "2",
+                   "--steps", "2", "--seed", "5", "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    pngs = sorted(p.name for p in out.glob("p*_s*.png"))
+    assert pngs == ["p000_s00.png", "p000_s01.png", "p001_s00.png", "p001_s01.png"]
+    assert np.asarray(Image.open(out / "p000_s00.png")).shape == (32, 32)
+    assert (out / "prompts.txt").read_text().splitlines() == ["Small left pleural effusion.", "No acute cardiopulmonary process."]
+    assert (out / "grid.png").is_file()
+    # --ace: the tokens saved in MODEL/ace/ condition the samples (same seed, different images)
+    import shutil
+
+    from cxrl.diffusion.ace import AdaptiveConditionEmbedding
+
+    with_ace = tmp_path / "with_ace"
+    shutil.copytree(tiny_generators["base"], with_ace)
+    ace = AdaptiveConditionEmbedding(num_tokens=2, dim=32, text_std=1.0, relative_scale=3.0, seed=1)
+    ace.save(with_ace)
+    for flag, target in (([], "plain"), (["--ace"], "ace")):
+        assert cli_main(["sample", "--model", str(with_ace), "--prompt", "Small left pleural effusion.", "--n", "1",
+                         "--steps", "2", "--seed", "5", "--out", str(tmp_path / target), "--device", "cpu", *flag]) == 0
+    plain = np.asarray(Image.open(tmp_path / "plain" / "p000_s00.png"))
+    conditioned = np.asarray(Image.open(tmp_path / "ace" / "p000_s00.png"))
+    assert not np.array_equal(plain, conditioned)
+    with pytest.raises(FileNotFoundError, match="ace"):
+        cli_main(["sample", "--model", str(tiny_generators["base"]), "--prompt", "x", "--ace", "--out", str(out),
+                  "--device", "cpu", "--steps", "1"])
+
+
+def test_evaluate_command_on_phantom_world(tiny_generators, evaluator_root, tmp_path):
+    out = tmp_path / "eval"
+    rc = cli_main(["evaluate", "--model", str(tiny_generators["tuned"]), "--baseline", str(tiny_generators["base"]),
+                   "--data", "phantom", "--n-prompts", "3", "--samples-per-prompt", "4", "--steps", "2",
+                   "--evaluators", str(evaluator_root), "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    payload = json.loads((out / "metrics.json").read_text())
+    assert list(payload["models"]) == ["base", "tuned"]
+    tuned = payload["models"]["tuned"]
+    for key in ("posture", "auroc", "consistency", "fid", "ms_ssim", "n_prompts", "feature_extractor"):
+        assert key in tuned
+    # phantom world: FID against the phantom renders of the same prompts, with the evaluator's features
+    assert tuned["n_prompts"] == 3 and tuned["fid"] is not None and tuned["fid_reference_images"] == 3
+    assert tuned["feature_extractor"].startswith("cxrl-diagnostic-evaluator/features")
+    assert payload["data"] == "phantom" and payload["evaluators"]["posture"].startswith(str(evaluator_root))
+    assert len(payload["prompt_ids"]) == 3 and all(i.startswith("phantom-test-") for i in payload["prompt_ids"])
+    table = (out / "results.md").read_text()
+    assert "| base |" in table and "| tuned |" in table and "FID features: cxrl-diagnostic-evaluator" in table
+    assert (out / "grids" / "tuned.png").is_file()
+    # comparison grid: prompt column (240 px) + base, tuned and the real phantom render (128-px cells)
+    assert Image.open(out / "grids" / "comparison.png").size[0] == 4 + 240 + 3 * (128 + 4)
+
+
+def test_evaluate_command_refuses_missing_xrv_weights(tiny_generators, evaluator_root, tmp_path):
+    with pytest.raises(FileNotFoundError, match="FID feature extractor .xrv-densenet121"):
+        cli_main(["evaluate", "--model", str(tiny_generators["tuned"]), "--data", "iuxray", "--n-prompts", "2",
+                  "--steps", "1", "--evaluators", str(evaluator_root), "--fid-features", "xrv",
+                  "--xrv-cache-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "eval"), "--device", "cpu"])

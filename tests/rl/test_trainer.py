@@ -1,0 +1,109 @@
+"""The trainer's stages on a tiny real generator with cheap custom rewards."""
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from cxrl.config import Config, apply_overrides
+from cxrl.diffusion.rollout import recompute_log_prob
+from cxrl.rl import checkpoint as ck
+from cxrl.rl.prompts import PromptPool
+from cxrl.rl.trainer import Trainer
+from cxrl.rl.update import NonFiniteAbort
+
+PROMPTS = ["small left pleural effusion", "no acute cardiopulmonary process", "mild cardiomegaly"]
+
+
+def _trainer(gen_dir, out, extra=(), epochs=2, prompts=PROMPTS):
+    cfg = apply_overrides(Config(), tiny_overrides(gen_dir, out, epochs=epochs, extra=extra))
+    return Trainer(cfg, PromptPool([{"prompt": p, "labels": None} for p in prompts]))
+
+
+def _epoch_batch(tr, epoch=0):
+    entries, seeds, local = tr.draw_prompts(epoch)
+    batch = tr.collect_rollouts(epoch, entries[local], seeds[local], local.start)
+    reward_out, _ = tr.score(batch)
+    adv, _ = tr.advantages(entries, local, reward_out)
+    batch.store.write_advantages(0, adv)
+    return batch
+
+
+def test_stored_log_probs_match_recomputed_and_first_ratio_is_one(tiny_pixel_dir, tmp_path):
+    tr = _trainer(tiny_pixel_dir, tmp_path, extra=["train.inner_epochs=2"])
+    batch = _epoch_batch(tr)
+    store, s = batch.store, tr.cfg.sampling
+    n, steps = store.log_probs.shape
+    with torch.no_grad():
+        for j in range(steps):
+            x_t, x_prev = store.latents[:, j], store.latents[:, j + 1]
+            ids = store.prompt_ids
+            lp = recompute_log_prob(tr.gen, x_t, x_prev, store.timesteps[:, j], batch.embeds[ids], ace=tr.policy.ace,
+                                    guidance_scale=s.guidance_scale, eta=s.eta, num_steps=s.num_steps)
+            torch.testing.assert_close(lp, store.log_probs[:, j], atol=2e-5, rtol=1e-5)
+    assert torch.isfinite(store.advantages).all() and store.advantages.abs().max() > 0
+    for batch_size in (1, 2, 4):
+        tr.updater.settings.batch_size = batch_size
+        before = [p.detach().clone() for p in tr.policy.params]
+        result = tr.update(0, batch)
+        assert result.first_ratios[0] == 1.0, batch_size            # exactly, by construction
+        assert result.optimizer_steps >= 2
+        # after updates, the second inner epoch measures against the stored rollout log-probs
+        assert result.first_ratios[1] != 1.0
+        assert any(not torch.equal(a, p) for a, p in zip(before, tr.policy.params))
+
+
+def test_fit_writes_metrics_plots_checkpoints_and_hits_the_anchor_cache(tiny_pixel_dir, tmp_path):
+    tr = _trainer(tiny_pixel_dir, tmp_path, epochs=3, prompts=PROMPTS[:2])
+    history = tr.fit()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    for key in ("reward/bright/mean", "reward/contrast/mean", "reward/combined/mean", "advantage/std", "train/approx_kl",
+                "train/clip_fraction", "train/grad_norm", "throughput/sample_images_per_s",
+                "throughput/train_images_per_s", "throughput/score_images_per_s"):
+        assert key in records[0], key
+    # only two prompts x 2 seeds exist, so after epoch 0 every anchor score comes from the cache
+    assert records[0]["anchor_cache/misses"] == 4 and records[-1]["anchor_cache/hits"] >= 4
+    assert history[-1]["anchor/images_generated"] == 4
+    assert (tmp_path / "reward_curves.png").stat().st_size > 1000
+    assert (tmp_path / "samples_epoch0002.png").is_file()
+    assert [p.name for p in ck.list_checkpoints(tmp_path / "checkpoints")] == ["epoch_000003", "epoch_000002"]
+    epoch, groups = ck.load_checkpoint(tmp_path / "checkpoints" / "epoch_000003")
+    assert epoch == 3 and groups["trainer"]["epoch"] == 3
+    named = tr.policy.named_trainable()
+    assert set(groups["weights"]) == set(named) and any(k.startswith("ace.") for k in named)
+    for k, p in named.items():
+        assert torch.equal(groups["weights"][k], p.detach())
+    assert groups["trainer"]["anchor_cache"]["entries"] == 4
+
+
+def test_non_finite_updates_are_skipped_then_abort(tiny_pixel_dir, tmp_path):
+    tr = _trainer(tiny_pixel_dir, tmp_path, extra=["train.max_nonfinite=2"])
+    tr.run_epoch(0)
+    tr.epoch = 1
+    good = tr.save_checkpoint()
+    with torch.no_grad():
+        tr.policy.ace.tokens.fill_(float("nan"))
+    before = [p.detach().clone() for p in tr.policy.unet_params]
+    with pytest.raises(NonFiniteAbort, match="2 consecutive"):
+        tr.run_epoch(1)
+    assert all(torch.equal(a, p) for a, p in zip(before, tr.policy.unet_params))   # nothing was applied
+    warnings = (tmp_path / "warnings.log").read_text()
+    assert "update skipped" in warnings and any(p[:20] in warnings for p in PROMPTS)
+    assert ck.latest_checkpoint(tmp_path / "checkpoints") == good
+
+
+def test_resume_in_process_is_bitwise_equal(tiny_pixel_dir, tmp_path):
+    full = _trainer(tiny_pixel_dir, tmp_path / "a", epochs=3)
+    full.fit()
+    part = _trainer(tiny_pixel_dir, tmp_path / "b", epochs=1)
+    part.fit()
+    resumed = _trainer(tiny_pixel_dir, tmp_path / "b", epochs=3)
+    assert resumed.resume(tmp_path / "b") and resumed.epoch == 1
+    resumed.fit()
+    for (k, a), b in zip(full.policy.named_trainable().items(), resumed.policy.named_trainable().values()):
+        assert torch.equal(a, b), k
+    lines_a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    lines_b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda line: {k: v for k, v in json.loads(line).items() if "throughput" not in k and "anchor" not in k}
+    assert [strip(x) for x in lines_a] == [strip(x) for x in lines_b]
