@@ -3,6 +3,19 @@
 The directories are read-only by convention: tests load them with ``load_generator`` (a fresh,
 independent copy each time) and save changes elsewhere.
 """
+import os
+
+# Triton decides between compiled and interpreted mode when it is first imported, so this must happen
+# before any test module imports it: with no GPU, Triton kernel bodies run in the CPU interpreter.
+if os.environ.get("CXRL_TEST_GPU") != "1":
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+    except ImportError:
+        pass
+
 import pytest
 
 

@@ -4,7 +4,8 @@
 
 Samples every model from the same initial noise (4 per prompt), scores them with the held-out
 evaluators (``cxrl/assets/evaluators/`` unless overridden — never the reward models the RL optimised)
-and writes ``metrics.json``, ``results.md`` (the paper's Tables 1–2 layout) and sample grids.
+and writes ``metrics.json`` (one object per model), ``run.json``, ``results.md`` (the paper's
+Tables 1–2 layout) and sample grids.
 
 FID features (``--fid-features``): ``auto`` = the diagnostic evaluator's own features on the phantom
 world, torchxrayvision DenseNet-121 ``features2`` on IU X-ray / MIMIC (its weights must be in the cache;
@@ -130,5 +131,5 @@ def run(args) -> int:
     results = evaluate_models(models, items, evaluators, extractor, aces=aces, settings=settings,
                               out_dir=args.out, extra=extra)
     print(markdown_table(results, table_notes(results)), end="")
-    print(f"cxrl evaluate: wrote {args.out / 'metrics.json'}, {args.out / 'results.md'} and {args.out / 'grids'}/")
+    print(f"cxrl evaluate: wrote metrics.json, run.json, results.md and grids/ in {args.out}")
     return 0

@@ -237,7 +237,7 @@ def _save_unet(unet: nn.Module, out: Path, merge: bool) -> None:
     else:
         # Plain weights; with an unmerged adapter, the base layers under their adapter-free names.
         state = {k.replace(".base_layer.", "."): v.detach() for k, v in unet.state_dict().items() if ".lora_" not in k}
-    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "diffusion_pytorch_model.safetensors"))
+    save_file({k: v.cpu().contiguous() for k, v in state.items()}, str(out / "diffusion_pytorch_model.safetensors"))
 
 
 def save_generator(gen: Generator, path: str | Path, ace=None, merge_lora: bool = True,

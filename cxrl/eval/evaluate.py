@@ -118,7 +118,7 @@ def evaluate_models(models: dict, items: Sequence[dict], evaluators: Evaluators,
     for FID (``cxrl.eval.fid``); the reference set is the items' real images (the phantom world's renders
     for the same prompts); FID is ``None`` when either is missing. Returns ``{name: metrics dict}``
     (and ``{name: samples [P, S, C, H, W]}`` too when ``return_samples``); with ``out_dir`` also writes
-    metrics.json, results.md and the grids (see ``cxrl.eval.report``).
+    metrics.json, run.json, results.md and the grids (see ``cxrl.eval.report``).
     """
     if not models:
         raise ValueError("evaluate_models: no models given")

@@ -2,8 +2,9 @@
 
 Layout of ``out_dir``::
 
-    metrics.json          {"models": {name: metrics}, "evaluators": {...}, "feature_extractor": ...,
-                           "prompts": [...ids...]}
+    metrics.json          {name: metrics} — one object per model: posture, auroc, consistency, fid,
+                          ms_ssim, n_prompts, feature_extractor, evaluators, sampling, details
+    run.json              what was evaluated: data, split, model dirs, prompt ids, ... (``extra``)
     results.md            Markdown table (r_align ↑, AUROC ↑, sim ↑, FID ↓, MS-SSIM ↓) + notes
     grids/<name>.png      first prompts x all samples of each model, captioned with the prompt
     grids/comparison.png  first sample per prompt, one column per model (base vs tuned side by side),
@@ -51,7 +52,7 @@ def table_notes(results: dict[str, dict]) -> list[str]:
 def write_report(results: dict[str, dict], out_dir, samples: dict[str, torch.Tensor] | None = None,
                  prompts: Sequence[str] | None = None, extra: dict | None = None,
                  references: torch.Tensor | None = None) -> dict[str, Path]:
-    """Write metrics.json, results.md and (when ``samples[name] [P, S, C, H, W]`` and ``prompts`` are
+    """Write metrics.json, run.json (``extra``), results.md and (when ``samples[name] [P, S, C, H, W]`` and ``prompts`` are
     given) the grids; ``references [P, C, H, W]`` (real images of the prompts) become a "real" column
     of the comparison grid. Returns ``{artifact: path}``."""
     if not results:
@@ -59,9 +60,11 @@ def write_report(results: dict[str, dict], out_dir, samples: dict[str, torch.Ten
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    payload = {"models": results, **(extra or {})}
     written["metrics"] = out / "metrics.json"
-    written["metrics"].write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    written["metrics"].write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+    if extra:
+        written["run"] = out / "run.json"
+        written["run"].write_text(json.dumps(extra, indent=2, allow_nan=False) + "\n")
     written["table"] = out / "results.md"
     written["table"].write_text("# Evaluation\n\n" + markdown_table(results, table_notes(results)))
     if samples:

@@ -14,7 +14,7 @@ def test_preview_phantom_writes_grid_and_prints_prevalence(tmp_path, capsys):
 
 
 def test_inspect_and_prepare_mimic_fixture(tmp_path, capsys):
-    from tests.data.test_mimic import make_fixture
+    from mimic_fixture import make_fixture
 
     root = make_fixture(tmp_path / "mimic")
     assert main(["data", "inspect", "--source", "mimic", "--root", str(root), "--resolution", "16"]) == 0

@@ -75,10 +75,10 @@ def test_write_report_files(evaluator_root, make_items, tmp_path):
     results["tuned"] = {k: _clean(v) for k, v in results["tuned"].items()}
     written = write_report(results, tmp_path, samples, [it["prompt"] for it in items], extra={"data": "toy"})
     payload = json.loads(written["metrics"].read_text())
-    assert set(payload["models"]) == {"base", "tuned"} and payload["data"] == "toy"
+    assert set(payload) == {"base", "tuned"} and json.loads(written["run"].read_text()) == {"data": "toy"}
     for key in ("posture", "auroc", "consistency", "fid", "ms_ssim", "n_prompts", "feature_extractor"):
-        assert key in payload["models"]["base"]
-    assert payload["models"]["tuned"]["auroc"] is None
+        assert key in payload["base"]
+    assert payload["tuned"]["auroc"] is None
     table = written["table"].read_text()
     assert "| Model | r_align ↑ | AUROC ↑ | sim ↑ | FID ↓ | MS-SSIM ↓ |" in table
     assert "posture evaluator: " + str(evaluator_root / "posture") in table

@@ -34,8 +34,9 @@ def test_evaluate_models_pairs_noise_and_writes_report(tiny_generators, evaluato
         m = results[name]
         assert m["n_prompts"] == 3 and m["feature_extractor"] == "toy-diagnostic"
         assert m["fid"] is not None and m["fid"] >= 0 and m["posture"] <= 0
-    payload = json.loads((tmp_path / "metrics.json").read_text())
-    assert payload["prompt_ids"] == ["item-0", "item-1", "item-2"]
+    assert set(json.loads((tmp_path / "metrics.json").read_text())) == {"base", "tuned"}
+    run_info = json.loads((tmp_path / "run.json").read_text())
+    assert run_info["prompt_ids"] == ["item-0", "item-1", "item-2"]
     assert (tmp_path / "grids" / "comparison.png").is_file()
     with pytest.raises(ValueError, match="unknown model"):
         evaluate_models(models, items, evaluators, aces={"other": None}, settings=SETTINGS)
@@ -80,15 +81,17 @@ def test_evaluate_command_on_phantom_world(tiny_generators, evaluator_root, tmp_
                    "--evaluators", str(evaluator_root), "--out", str(out), "--device", "cpu"])
     assert rc == 0
     payload = json.loads((out / "metrics.json").read_text())
-    assert list(payload["models"]) == ["base", "tuned"]
-    tuned = payload["models"]["tuned"]
+    assert list(payload) == ["base", "tuned"]
+    tuned = payload["tuned"]
     for key in ("posture", "auroc", "consistency", "fid", "ms_ssim", "n_prompts", "feature_extractor"):
         assert key in tuned
     # phantom world: FID against the phantom renders of the same prompts, with the evaluator's features
     assert tuned["n_prompts"] == 3 and tuned["fid"] is not None and tuned["fid_reference_images"] == 3
     assert tuned["feature_extractor"].startswith("cxrl-diagnostic-evaluator/features")
-    assert payload["data"] == "phantom" and payload["evaluators"]["posture"].startswith(str(evaluator_root))
-    assert len(payload["prompt_ids"]) == 3 and all(i.startswith("phantom-test-") for i in payload["prompt_ids"])
+    assert tuned["evaluators"]["posture"].startswith(str(evaluator_root))
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["data"] == "phantom" and run_info["model_dirs"]["base"] == str(tiny_generators["base"])
+    assert len(run_info["prompt_ids"]) == 3 and all(i.startswith("phantom-test-") for i in run_info["prompt_ids"])
     table = (out / "results.md").read_text()
     assert "| base |" in table and "| tuned |" in table and "FID features: cxrl-diagnostic-evaluator" in table
     assert (out / "grids" / "tuned.png").is_file()

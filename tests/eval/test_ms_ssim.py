@@ -109,7 +109,8 @@ def test_rgb_is_reduced_by_luminance():
     # an RGB image whose BT.601 luminance equals the gray image
     rgb = torch.cat([gray, gray, gray], dim=1)
     torch.testing.assert_close(ms_ssim(rgb, torch.cat([other] * 3, dim=1)), ms_ssim(gray, other))
-    red_only = torch.cat([gray, torch.zeros_like(gray), torch.zeros_like(gray)], dim=1)
-    torch.testing.assert_close(ssim(red_only, red_only), torch.ones(2, dtype=torch.float64))
+    zeros = torch.zeros_like(gray)
+    red_a, red_b = torch.cat([gray, zeros, zeros], dim=1), torch.cat([other, zeros, zeros], dim=1)
+    torch.testing.assert_close(ssim(red_a, red_b), ssim(0.299 * gray, 0.299 * other))
     with pytest.raises(ValueError, match="1 or 3 channels"):
         ssim(torch.rand(1, 2, 16, 16), torch.rand(1, 2, 16, 16))

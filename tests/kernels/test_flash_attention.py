@@ -5,12 +5,17 @@ dtype - ref64| + atol. fp32 must match the fp64 reference to ~1e-5.
 """
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # must precede the first triton import in this process
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+# As tests/conftest.py: the kernel bodies run in the CPU interpreter unless CXRL_TEST_GPU=1 on a CUDA
+# machine, where the same tests run the compiled kernels. Must precede the first triton import.
+if os.environ.get("CXRL_TEST_GPU") != "1" or not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = torch.device("cpu" if INTERPRETED else "cuda")
 
 pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
@@ -66,7 +71,7 @@ def _inputs(shape, dtype, seed=0):
     k = torch.randn(B, H, Nk, D, generator=g).to(dtype)
     v = torch.randn(B, H, Nk, D, generator=g).to(dtype)
     dout = torch.randn(B, H, N, D, generator=g).to(dtype)
-    return q, k, v, dout
+    return tuple(t.to(DEVICE) for t in (q, k, v, dout))
 
 
 def _out_and_grads(fn, q, k, v, dout):
@@ -85,10 +90,13 @@ def _kernel_fn(q, k, v):
     return FlashAttentionFunction.apply(q, k, v, default_scale(q.shape[-1]))
 
 
-def test_triton_path_is_taken_under_the_interpreter():
-    assert uses_triton(torch.device("cpu"), torch.float32)
-    assert uses_triton(torch.device("cpu"), torch.float16)
-    assert not uses_triton(torch.device("cpu"), torch.bfloat16)
+def test_triton_path_is_taken():
+    if INTERPRETED:
+        assert uses_triton(torch.device("cpu"), torch.float32)
+        assert uses_triton(torch.device("cpu"), torch.float16)
+        assert not uses_triton(torch.device("cpu"), torch.bfloat16)
+    else:
+        assert all(uses_triton(DEVICE, dtype) for dtype in (torch.float32, torch.float16, torch.bfloat16))
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}H{}N{}Nk{}D{}".format(*s))
@@ -145,10 +153,7 @@ def test_strided_inputs_as_the_attention_processor_passes_them():
     # the processor hands [B, N, H, D] storage viewed as [B, H, N, D]; strides must be honoured
     B, H, N, Nk, D = 2, 3, 21, 50, 40
     g = torch.Generator().manual_seed(4)
-    q = torch.randn(B, N, H, D, generator=g).transpose(1, 2)
-    k = torch.randn(B, Nk, H, D, generator=g).transpose(1, 2)
-    v = torch.randn(B, Nk, H, D, generator=g).transpose(1, 2)
-    dout = torch.randn(B, N, H, D, generator=g).transpose(1, 2)
+    q, k, v, dout = (torch.randn(B, n, H, D, generator=g).to(DEVICE).transpose(1, 2) for n in (N, Nk, Nk, N))
     assert not q.is_contiguous()
     strided = _out_and_grads(flash_attention, q, k, v, dout)
     dense = _out_and_grads(flash_attention, q.contiguous(), k.contiguous(), v.contiguous(), dout.contiguous())
@@ -162,7 +167,8 @@ def test_entry_point_matches_sdpa_with_custom_scale_and_bf16_route():
     torch.testing.assert_close(flash_attention(q, k, v, scale=0.05),
                                F.scaled_dot_product_attention(q, k, v, scale=0.05), atol=2e-5, rtol=1e-4)
     qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()  # routed to SDPA under the interpreter
-    torch.testing.assert_close(flash_attention(qb, kb, vb), F.scaled_dot_product_attention(qb, kb, vb))
+    torch.testing.assert_close(flash_attention(qb, kb, vb), F.scaled_dot_product_attention(qb, kb, vb),
+                               atol=1e-2, rtol=1.6e-2)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import REPO, subprocess_env, tiny_overrides
@@ -16,12 +17,16 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow   # three cold Python processes: ~90 s on a loaded 2-core machine
 def test_two_ranks_equal_one_process(tiny_pixel_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("small left pleural effusion\nno acute process\nmild cardiomegaly\nright pneumothorax\n")
     # Global batch: 4 images in rollout chunks of 2; one optimizer step per epoch over all of them and
     # every timestep (a timestep subset would be drawn per rank and differ from the single plan).
-    common = ["data.source=file", f"data.path={prompts}", "train.timestep_fraction=1.0", "train.batch_size=1"]
+    # adam_eps well above the gradient scale keeps AdamW's step linear in the gradient: with the
+    # default 1e-8, elements whose gradient is ~0 take a +-lr step whose sign is float noise.
+    common = ["data.source=file", f"data.path={prompts}", "train.timestep_fraction=1.0", "train.batch_size=1",
+              "train.adam_eps=1e-3"]
     single, multi = tmp_path / "single", tmp_path / "multi"
     env = subprocess_env()
     one = subprocess.run([sys.executable, "-m", "cxrl", "train",
@@ -36,9 +41,8 @@ def test_two_ranks_equal_one_process(tiny_pixel_dir, tmp_path):
     _, a = ck.load_checkpoint(single / "checkpoints" / "epoch_000002")
     _, b = ck.load_checkpoint(multi / "checkpoints" / "epoch_000002")
     assert a["trainer"]["updater"]["global_step"] == b["trainer"]["updater"]["global_step"] == 2
-    moved = 0
     for k, v in a["weights"].items():
-        torch.testing.assert_close(b["weights"][k], v, atol=1e-6, rtol=1e-5, msg=k)
+        torch.testing.assert_close(b["weights"][k], v, atol=1e-7, rtol=1e-5, msg=k)
     # training actually moved the weights away from the LoRA init (B = 0), so the comparison is not vacuous
     moved = sum(int(v.abs().max() > 0) for k, v in a["weights"].items() if "lora_B" in k)
     assert moved > 0
