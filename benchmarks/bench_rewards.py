@@ -15,7 +15,7 @@ from benchmarks.harness import CaseResult, time_side_by_side
 
 SIZES = {
     # batch, resolution, unet widths, ddim steps, batches per epoch, epochs (cache case), seeds per prompt
-    "cpu": dict(batch=8, res=64, widths=(32, 64), steps=4, batches=3, epochs=3, reps=3),
+    "cpu": dict(batch=4, res=64, widths=(32, 64), steps=3, batches=3, epochs=3, reps=3),
     "gpu": dict(batch=64, res=64, widths=(64, 128, 256), steps=20, batches=4, epochs=4, reps=5),
 }
 

@@ -12,8 +12,10 @@ the empty prompt). With ACE the unconditional rows get the ACE slots masked out 
 
 Randomness: ``generator`` (a ``torch.Generator`` or an int seed) draws the initial noise (unless
 ``initial_noise`` is given) and then every step's noise, with the same calls diffusers' pipeline and
-``DDIMScheduler.step`` make, so the same seed gives the same trajectory, and the frozen anchor given
-the policy's ``initial_noise`` and the same seed follows the policy's noise exactly (RLCF).
+``DDIMScheduler.step`` make, so the same seed gives the same trajectory. A given ``initial_noise`` is
+not drawn, so the step noise then starts at the generator's first draw: to replay a trajectory's noise
+exactly (the RLCF anchor), pass the same ``initial_noise`` *and* a generator with the same seed to both
+the policy and the anchor.
 """
 from __future__ import annotations
 

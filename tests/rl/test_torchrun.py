@@ -41,8 +41,11 @@ def test_two_ranks_equal_one_process(tiny_pixel_dir, tmp_path):
     _, a = ck.load_checkpoint(single / "checkpoints" / "epoch_000002")
     _, b = ck.load_checkpoint(multi / "checkpoints" / "epoch_000002")
     assert a["trainer"]["updater"]["global_step"] == b["trainer"]["updater"]["global_step"] == 2
+    # Tolerance: 0.1% of one AdamW step (lr = 1e-3). The summed policy gradient cancels heavily
+    # (group advantages are +-1 over near-identical samples), so reordering the sum across ranks
+    # moves it by ~1e-4 relative; a sharding or averaging bug moves weights by a whole step.
     for k, v in a["weights"].items():
-        torch.testing.assert_close(b["weights"][k], v, atol=1e-7, rtol=1e-5, msg=k)
+        torch.testing.assert_close(b["weights"][k], v, atol=1e-6, rtol=1e-4, msg=k)
     # training actually moved the weights away from the LoRA init (B = 0), so the comparison is not vacuous
     moved = sum(int(v.abs().max() > 0) for k, v in a["weights"].items() if "lora_B" in k)
     assert moved > 0
