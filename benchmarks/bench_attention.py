@@ -17,13 +17,12 @@ small fp32 shapes, one intra-op thread.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .harness import CaseResult, Timing, append_csv, time_side_by_side
+from .harness import CaseResult, Timing, append_csv, case_main, single_thread_on_cpu, time_side_by_side
 
 CASE = "attention"
 
@@ -138,26 +137,9 @@ def run(size: str = "cpu") -> list[CaseResult]:
     dtype = torch.float16 if device == "cuda" else torch.float32
     shapes = gpu_shapes() if device == "cuda" else cpu_shapes()
     reps, inner = (10, 20) if device == "cuda" else (7, 1)
-    threads = torch.get_num_threads()
-    if device == "cpu":  # one intra-op thread: on a shared, loaded CPU more threads mostly measure contention
-        torch.set_num_threads(1)
-    try:
+    with single_thread_on_cpu(device):
         return [_case(s, device, dtype, backward, reps, inner) for backward in (False, True) for s in shapes]
-    finally:
-        torch.set_num_threads(threads)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=["cpu", "gpu"], default="gpu" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--no-csv", action="store_true", help="print only; do not append to benchmarks/results")
-    args = parser.parse_args(argv)
-    for result in run(args.size):
-        if not args.no_csv:
-            append_csv(result)
-        print(result.table())
-    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(case_main(run, __doc__))

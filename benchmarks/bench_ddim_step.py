@@ -20,12 +20,11 @@ size runs with one intra-op thread (stable numbers on a shared machine).
 """
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
 
-from .harness import CaseResult, Timing, append_csv, time_side_by_side
+from .harness import CaseResult, Timing, append_csv, case_main, single_thread_on_cpu, time_side_by_side
 
 CASE = "ddim_step"
 SHAPES = {"sd-32x4x64x64": (32, 4, 64, 64), "pixel-32x1x64x64": (32, 1, 64, 64)}
@@ -188,28 +187,11 @@ def run(size: str = "cpu") -> list[CaseResult]:
         raise RuntimeError("size='gpu' needs a CUDA device; use size='cpu' here")
     device = "cuda" if size == "gpu" else "cpu"
     reps, inner = (20, 200) if device == "cuda" else (30, 1)
-    threads = torch.get_num_threads()
-    if device == "cpu":  # one intra-op thread: on a shared, loaded CPU more threads mostly measure contention
-        torch.set_num_threads(1)
-    try:
+    with single_thread_on_cpu(device):
         with torch.no_grad():
             rollout = [_case(name, shape, device, reps, inner) for name, shape in SHAPES.items()]
         return rollout + [_ppo_case(name, shape, device, reps, inner) for name, shape in SHAPES.items()]
-    finally:
-        torch.set_num_threads(threads)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=["cpu", "gpu"], default="gpu" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--no-csv", action="store_true", help="print only; do not append to benchmarks/results")
-    args = parser.parse_args(argv)
-    for result in run(args.size):
-        if not args.no_csv:
-            append_csv(result)
-        print(result.table())
-    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(case_main(run, __doc__))

@@ -14,7 +14,7 @@ timestep (timestep_fraction 1.0); per-prompt advantages over 32 prompts (8 sampl
 """
 from __future__ import annotations
 
-import argparse
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from benchmarks.harness import CaseResult, append_csv, time_side_by_side
+from .harness import CaseResult, append_csv, case_main, single_thread_on_cpu, time_side_by_side
 from cxrl.trajectory import AdvantageTracker, TrajectoryStore
 
 ROLLOUT_BATCH, TRAIN_BATCH, NUM_PROMPTS = 64, 32, 32
@@ -170,9 +170,14 @@ def cxrl_epoch(store: TrajectoryStore, tracker: AdvantageTracker, w: Workload, s
 
 
 def _rss() -> int:
-    import psutil
+    """Resident set size in bytes: /proc on Linux (no extra dependency), psutil elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import psutil
 
-    return psutil.Process().memory_info().rss
+        return psutil.Process().memory_info().rss
 
 
 def cxrl_peak_memory(w: Workload) -> tuple[TrajectoryStore, AdvantageTracker, float, int]:
@@ -251,8 +256,4 @@ def run(size: str = "cpu") -> list[CaseResult]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="cpu", choices=["cpu", "gpu"])
-    for result in run(parser.parse_args().size):
-        print(result.table())
-        print("  ->", append_csv(result))
+    raise SystemExit(case_main(run, __doc__))

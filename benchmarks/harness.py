@@ -159,3 +159,42 @@ def append_csv(result: CaseResult, results_dir: Path | None = None) -> Path:
             writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+class single_thread_on_cpu:
+    """Context manager: one intra-op torch thread while timing on the CPU (on a shared, loaded CPU more
+    threads mostly measure contention); restores the previous count. No-op on CUDA."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def __enter__(self):
+        import torch
+
+        self.before = torch.get_num_threads()
+        if not str(self.device).startswith("cuda"):
+            torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.before)
+        return False
+
+
+def case_main(run: Callable[[str], list[CaseResult]], description: str, argv: list[str] | None = None) -> int:
+    """The ``python -m benchmarks.bench_<case>`` entry point shared by every case."""
+    import argparse
+
+    import torch
+
+    parser = argparse.ArgumentParser(description=description.strip().splitlines()[0])
+    parser.add_argument("--size", choices=["cpu", "gpu"], default="gpu" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-csv", action="store_true", help="print only; do not append to benchmarks/results")
+    args = parser.parse_args(argv)
+    for result in run(args.size):
+        if not args.no_csv:
+            print("  ->", append_csv(result))
+        print(result.table())
+    return 0
