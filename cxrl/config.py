@@ -28,7 +28,7 @@ def opt(default, doc: str, *, choices=None, lo=None, hi=None, lo_open: bool = Fa
 
 @dataclass
 class ModelConfig:
-    path: str = opt("asset:generator", "generator: a diffusers-layout directory, 'asset:NAME' (shipped with cxrl) or 'tiny' (random tiny model for tests)")
+    path: str = opt("asset:base", "generator: a diffusers-layout directory, 'asset:NAME' (shipped with cxrl) or 'tiny' (random tiny model for tests)")
     tiny_seed: int = opt(0, "seed of the random tiny generator when path is 'tiny'", lo=0)
     dtype: str = opt("float32", "dtype of the frozen weights (the trained ones stay float32)", choices=["float32", "bfloat16", "float16"])
     device: str = opt("auto", "'auto' (CUDA when available, one GPU per rank), 'cpu' or 'cuda'", choices=["auto", "cpu", "cuda"])

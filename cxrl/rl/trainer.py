@@ -150,8 +150,9 @@ class Trainer:
         n = len(entries)
         store = TrajectoryStore(num_samples=n, num_steps=s.num_steps, latent_shape=self.gen.latent_shape,
                                 num_rewards=len(self.suite.names), dtype=torch.float32, device=self.device)
-        unique = list(dict.fromkeys(batch.prompts))
-        ids = torch.tensor([unique.index(p) for p in batch.prompts], dtype=torch.long)
+        index = {p: i for i, p in enumerate(dict.fromkeys(batch.prompts))}
+        unique = list(index)
+        ids = torch.tensor([index[p] for p in batch.prompts], dtype=torch.long)
         batch.embeds = self.gen.encode_prompts(unique)
         noise = noise_for(seeds, self.gen.latent_shape, device=self.device, dtype=self.gen.dtype)
         images = []
@@ -254,12 +255,17 @@ class Trainer:
     def fit(self) -> list[dict]:
         history = []
         total = self.cfg.train.epochs
+        bar = self.logger.progress(total, "epochs")
+        bar.update(self.epoch)
         while self.epoch < total:
             metrics = self.run_epoch(self.epoch)
             history.append(metrics)
             self.epoch += 1
             if self.epoch % self.cfg.checkpoint.every == 0 or self.epoch == total:
                 self.save_checkpoint()
+            bar.set_postfix(reward=f"{float(metrics['reward/combined/mean']):.4g}")
+            bar.update(1)
+        bar.close()
         if self.dist.is_main:
             self.suite.flush()
             plot_reward_curves(self.logger.path, self.out / "reward_curves.png")

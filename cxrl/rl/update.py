@@ -144,7 +144,7 @@ class PPOUpdater:
                                     ("train/clip_fraction", stats.clip_fraction), ("train/ratio", stats.ratio_mean)):
                     self._add(result, name, value)
                 result.minibatches += 1
-                group_samples.append(mb.sample_idx)
+                group_samples.append(mb.sample_idx.clone())   # the store reuses its staging buffers
                 last_of_group = (i + 1) % trained_t == 0 and (sb + 1 == group_start + group_len)
                 if last_of_group:
                     if self._optimizer_step(result, torch.cat(group_samples), describe):

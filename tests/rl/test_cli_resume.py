@@ -87,13 +87,13 @@ def test_train_without_arguments_runs_the_demo_or_says_what_is_missing(tmp_path,
     from cxrl.rl.components import resolve_asset
 
     try:
-        resolve_asset("asset:generator")
+        resolve_asset("asset:base")
     except FileNotFoundError:
         monkeypatch.chdir(tmp_path)
         assert main(["train"]) == 2
         err = capsys.readouterr().err
-        assert "shipped asset 'generator' is not installed" in err and "model.path" in err
+        assert "shipped asset 'base' is not installed" in err and "model.path" in err
     else:  # the demo weights are shipped: a no-argument run is the demo; just check it parses
         from cxrl.config import load_config
 
-        assert load_config().model.path == "asset:generator"
+        assert load_config().model.path == "asset:base"

@@ -4,7 +4,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from conftest import REPO, subprocess_env, tiny_overrides
@@ -17,7 +16,6 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow   # three cold Python processes: ~90 s on a loaded 2-core machine
 def test_two_ranks_equal_one_process(tiny_pixel_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("small left pleural effusion\nno acute process\nmild cardiomegaly\nright pneumothorax\n")

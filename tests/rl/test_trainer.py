@@ -107,3 +107,25 @@ def test_resume_in_process_is_bitwise_equal(tiny_pixel_dir, tmp_path):
     lines_b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     strip = lambda line: {k: v for k, v in json.loads(line).items() if "throughput" not in k and "anchor" not in k}
     assert [strip(x) for x in lines_a] == [strip(x) for x in lines_b]
+
+
+def test_full_finetune_with_kl_ema_and_gradient_checkpointing(tiny_pixel_dir, tmp_path):
+    decay = 0.9
+    tr = _trainer(tiny_pixel_dir, tmp_path, epochs=2, extra=[
+        "model.finetune=full", "model.ace_tokens=0", "model.gradient_checkpointing=true", "train.kl_beta=0.5", f"train.ema_decay={decay}",
+        "train.gradient_accumulation=4", "train.learning_rate=1e-4", "log.sample_every=0"])
+    assert tr.policy.anchor_unet is not None and not any(p.requires_grad for p in tr.policy.anchor_unet.parameters())
+    w0 = [p.detach().clone() for p in tr.policy.params]
+    first = tr.run_epoch(0)                  # one optimizer step, at the end of the epoch
+    w1 = [p.detach().clone() for p in tr.policy.params]
+    assert first["train/optimizer_steps"] == 1
+    assert first["train/kl_to_anchor"] == 0.0        # policy == anchor until the first step (no ACE here:
+    #                                                  the anchor never sees ACE tokens, so they would count)
+    for s, a, b in zip(tr.updater.ema.shadow, w0, w1):
+        torch.testing.assert_close(s, decay * a + (1 - decay) * b)
+    second = tr.run_epoch(1)
+    assert second["train/kl_to_anchor"] > 0
+    tr.epoch = 2
+    path = tr.save_checkpoint()
+    _, groups = ck.load_checkpoint(path)
+    assert groups["ema"]["decay"] == decay and len(groups["ema"]["shadow"]) == len(tr.policy.params)

@@ -1,0 +1,317 @@
+"""Denoising pre-training of the demo base generator (the RL "anchor") on the phantom world.
+
+A small pixel-space text-to-image model (``cxrl.diffusion.tiny`` layout: UNet2DConditionModel +
+2-layer CLIP text encoder + a BPE tokenizer trained on the train-split reports) learns
+epsilon-prediction on phantoms rendered from IU X-ray reports:
+
+* loss: ``|| eps - eps_theta(sqrt(a_t) x_0 + sqrt(1 - a_t) eps, t, c) ||^2`` with ``t`` uniform over the
+  scheduler's training timesteps (DDPM linear betas) — UNet and text encoder trained jointly;
+* condition dropout: a fraction of prompts is replaced by the empty prompt, so classifier-free
+  guidance has an unconditional model to push against;
+* AdamW, linear warm-up then cosine (or constant) learning rate, gradient-norm clipping;
+* an exponential moving average of all weights; the EMA is what is saved.
+
+Deterministic given ``seed``: the weights are initialised from it (``make_tiny_generator``), and one
+``torch.Generator`` seeded from it draws the batch order, timesteps, noise and dropout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cxrl.diffusion.pretrain_data import PhantomTrainingSet
+
+LR_SCHEDULES = ("cosine", "constant")
+STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class PretrainConfig:
+    """Everything that determines the base generator; the defaults are the shipped demo base."""
+
+    seed: int = 0                                 # weights init, phantom renders, batches, noise
+    # model (see cxrl.diffusion.tiny.make_tiny_generator)
+    resolution: int = 32                          # pixels per side (1 channel)
+    block_out_channels: list = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    attention_head_dim: int = 8                   # heads of the cross-attention level (diffusers naming)
+    cross_attention_dim: int = 64                 # text width = cross-attention width
+    text_layers: int = 2
+    text_heads: int = 2
+    vocab_size: int = 2000                        # upper bound of the BPE vocabulary
+    # data
+    num_images: int = 20000                       # phantoms rendered once and cached as uint8
+    posture_strength: float = 1.0                 # random patient positioning (0 = canonical pose)
+    prompt_source: str = "impression"             # report section the prompt is taken from
+    # optimisation
+    steps: int = 1500
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 100
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    cond_dropout: float = 0.1                     # share of prompts replaced by "" (for CFG)
+    ema_decay: float = 0.995
+    storage_dtype: str = "float16"                # dtype of the saved weights (fp16 halves the package size)
+
+    def validate(self) -> "PretrainConfig":
+        def need(ok: bool, name: str, what: str):
+            if not ok:
+                raise ValueError(f"pretrain config '{name}' {what}, got {getattr(self, name)!r}")
+
+        ints = ("seed", "resolution", "layers_per_block", "attention_head_dim", "cross_attention_dim", "text_layers",
+                "text_heads", "vocab_size", "num_images", "steps", "batch_size", "warmup_steps")
+        for name in ints:
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool), name, "must be an integer")
+        for name in ("posture_strength", "learning_rate", "weight_decay", "max_grad_norm", "cond_dropout", "ema_decay"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), name,
+                 "must be a finite number")
+        need(self.seed >= 0, "seed", "must be >= 0")
+        need(self.resolution >= 16, "resolution", "must be >= 16 (the phantom renderer's minimum)")
+        need(isinstance(self.block_out_channels, (list, tuple)) and len(self.block_out_channels) >= 2
+             and all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in self.block_out_channels),
+             "block_out_channels", "must be a list of >= 2 positive ints")
+        for name in ("layers_per_block", "attention_head_dim", "cross_attention_dim", "text_layers", "text_heads",
+                     "num_images", "steps", "batch_size"):
+            need(getattr(self, name) >= 1, name, "must be >= 1")
+        need(self.vocab_size >= 514, "vocab_size", "must be >= 514 (256 byte symbols with and without </w>, BOS, EOS)")
+        need(0.0 <= self.posture_strength <= 2.0, "posture_strength", "must lie in [0, 2]")
+        need(self.prompt_source in ("impression", "findings", "both"), "prompt_source", "must be impression|findings|both")
+        need(self.learning_rate > 0, "learning_rate", "must be > 0")
+        need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {LR_SCHEDULES}")
+        need(0 <= self.warmup_steps < self.steps, "warmup_steps", "must be >= 0 and < steps")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 disables clipping)")
+        need(0.0 <= self.cond_dropout < 1.0, "cond_dropout", "must lie in [0, 1)")
+        need(0.0 <= self.ema_decay < 1.0, "ema_decay", "must lie in [0, 1) (0 = no EMA)")
+        need(self.storage_dtype in STORAGE_DTYPES, "storage_dtype", f"must be one of {list(STORAGE_DTYPES)}")
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "PretrainConfig":
+        """Strict: an unknown key names the closest valid one; numbers given as ints are taken for floats."""
+        cfg = cls()
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key, value in (values or {}).items():
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"unknown pretrain config key '{key}'{hint}")
+            if isinstance(getattr(cfg, key), float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            setattr(cfg, key, list(value) if isinstance(value, tuple) else value)
+        return cfg.validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ExponentialMovingAverage:
+    """EMA of a list of parameters; the decay ramps up as ``(1 + n) / (10 + n)`` early on so the
+    average is not dominated by the random initialisation in a short run."""
+
+    def __init__(self, params, decay: float):
+        self.params = list(params)
+        self.decay = float(decay)
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - decay)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for shadow, param in zip(self.shadow, self.params):
+            param.copy_(shadow)
+
+
+def learning_rate_at(step: int, cfg: PretrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps`` then constant or cosine decay to 0 at ``steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_initial_generator(cfg: PretrainConfig, tokenizer_texts, workdir: str | Path):
+    """The random-init generator of ``cfg`` (BPE tokenizer trained on ``tokenizer_texts``), loaded on CPU."""
+    from cxrl.diffusion.generator import load_generator
+    from cxrl.diffusion.tiny import make_tiny_generator
+
+    path = make_tiny_generator(
+        Path(workdir) / "init", kind="pixel", resolution=cfg.resolution, channels=1,
+        block_out_channels=tuple(cfg.block_out_channels), cross_attention_dim=cfg.cross_attention_dim,
+        tokenizer_texts=tokenizer_texts, seed=cfg.seed, text_layers=cfg.text_layers, text_heads=cfg.text_heads,
+        vocab_size=cfg.vocab_size, layers_per_block=cfg.layers_per_block, attention_head_dim=cfg.attention_head_dim)
+    return load_generator(path, device="cpu", dtype=torch.float32)
+
+
+def tokenize(gen, prompts) -> torch.Tensor:
+    """``[P, L]`` token ids exactly as ``Generator.encode_prompts`` makes them (max-length padding)."""
+    return gen.tokenizer(list(prompts), padding="max_length", max_length=gen.max_length, truncation=True,
+                         return_tensors="pt").input_ids
+
+
+def denoising_loss(gen, x0: torch.Tensor, input_ids: torch.Tensor, timesteps: torch.Tensor,
+                   noise: torch.Tensor) -> torch.Tensor:
+    """Epsilon-prediction MSE of ``gen`` (text encoder included, so it is trained too)."""
+    alphas = gen.scheduler.alphas_cumprod.to(x0.device, torch.float32)[timesteps].view(-1, 1, 1, 1)
+    noisy = alphas.sqrt() * x0 + (1.0 - alphas).sqrt() * noise
+    context = gen.text_encoder(input_ids)[0]
+    prediction = gen.unet(noisy, timesteps, context).sample
+    return torch.nn.functional.mse_loss(prediction.float(), noise)
+
+
+@dataclass
+class FixedBatch:
+    """One batch with frozen noise and timesteps: a loss that only the weights can change."""
+
+    x0: torch.Tensor
+    input_ids: torch.Tensor
+    timesteps: torch.Tensor
+    noise: torch.Tensor
+
+
+def fixed_batch(gen, data: PhantomTrainingSet, size: int, seed: int) -> FixedBatch:
+    rng = torch.Generator().manual_seed(seed)
+    index = torch.randperm(len(data), generator=rng)[:size]
+    x0 = data.pixels(index)
+    timesteps = torch.randint(0, gen.scheduler.config.num_train_timesteps, (len(index),), generator=rng)
+    noise = torch.randn(x0.shape, generator=rng)
+    return FixedBatch(x0, tokenize(gen, data.prompts_of(data.prompt_index[index])), timesteps, noise)
+
+
+@torch.no_grad()
+def evaluate_loss(gen, batch: FixedBatch) -> float:
+    return float(denoising_loss(gen, batch.x0, batch.input_ids, batch.timesteps, batch.noise))
+
+
+@dataclass
+class PretrainResult:
+    gen: object                   # the generator carrying the EMA weights, frozen, eval mode
+    config: PretrainConfig
+    history: list                 # [{"step", "loss", "lr"}] every ``log_every`` steps (mean over the window)
+    final_loss: float             # mean training loss of the last window
+    wall_s: float
+
+
+def pretrain(cfg: PretrainConfig, data: PhantomTrainingSet, tokenizer_texts, *, workdir: str | Path | None = None,
+             progress: bool = False, log_every: int = 50, on_log=None) -> PretrainResult:
+    """Train a base generator on ``data``; ``on_log(record)`` is called every ``log_every`` steps."""
+    cfg.validate()
+    if data.resolution != cfg.resolution:
+        raise ValueError(f"data: images are {data.resolution} px but the config's resolution is {cfg.resolution}")
+    if log_every < 1:
+        raise ValueError(f"log_every: must be >= 1, got {log_every}")
+    torch.manual_seed(cfg.seed)
+    with tempfile.TemporaryDirectory(prefix="cxrl-pretrain-") as tmp:
+        gen = build_initial_generator(cfg, tokenizer_texts, workdir or tmp)
+    modules = (gen.unet, gen.text_encoder)
+    params = [p for m in modules for p in m.parameters()]
+    for module in modules:
+        module.requires_grad_(True)
+        module.train()
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    ema = ExponentialMovingAverage(params, cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+    prompt_ids = tokenize(gen, data.prompts)
+    empty_ids = tokenize(gen, [""])[0]
+    num_timesteps = int(gen.scheduler.config.num_train_timesteps)
+    rng = torch.Generator().manual_seed(cfg.seed)
+    order, cursor = torch.randperm(len(data), generator=rng), 0
+    history, window = [], []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="pretrain", unit="step", mininterval=2.0)
+    start = time.perf_counter()
+    for step in range(cfg.steps):
+        if cursor + cfg.batch_size > len(order):  # a fresh permutation each pass over the set
+            order, cursor = torch.randperm(len(data), generator=rng), 0
+        index = order[cursor:cursor + cfg.batch_size]
+        cursor += cfg.batch_size
+        x0 = data.pixels(index)
+        ids = prompt_ids[data.prompt_index[index]]
+        dropped = torch.rand(len(index), generator=rng) < cfg.cond_dropout
+        ids = torch.where(dropped[:, None], empty_ids[None], ids)
+        timesteps = torch.randint(0, num_timesteps, (len(index),), generator=rng)
+        noise = torch.randn(x0.shape, generator=rng)
+
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, cfg)
+        loss = denoising_loss(gen, x0, ids, timesteps, noise)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"pretrain: non-finite loss {float(loss)} at step {step} (lower learning_rate?)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        if ema is not None:
+            ema.update()
+
+        window.append(float(loss.detach()))
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            record = {"step": step + 1, "loss": sum(window) / len(window), "lr": optimizer.param_groups[0]["lr"],
+                      "elapsed_s": round(time.perf_counter() - start, 2)}
+            history.append(record)
+            window = []
+            if on_log is not None:
+                on_log(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+    if ema is not None:
+        ema.copy_to_params()
+    for module in modules:
+        module.requires_grad_(False)
+        module.eval()
+    gen._empty_embeds = None  # the text encoder changed
+    return PretrainResult(gen=gen, config=cfg, history=history, final_loss=history[-1]["loss"],
+                          wall_s=time.perf_counter() - start)
+
+
+PROVENANCE_FILE = "pretrain.json"
+
+
+def save_pretrained_base(result: PretrainResult, path: str | Path, *, overwrite: bool = False,
+                         extra: dict | None = None) -> Path:
+    """Save the base in the diffusers layout (``storage_dtype`` weights) plus ``pretrain.json``: the
+    config, seed, loss history and timing that reproduce it."""
+    import copy
+
+    from cxrl.diffusion.generator import save_generator
+
+    stored = copy.deepcopy(result.gen)
+    dtype = STORAGE_DTYPES[result.config.storage_dtype]
+    for module in (stored.unet, stored.text_encoder):
+        # plain nn.Module.to: diffusers' override warns about fp16 casts meant for inference
+        torch.nn.Module.to(module, dtype=dtype)
+    stored.dtype = dtype
+    out = save_generator(stored, path, overwrite=overwrite)
+    provenance = {"config": result.config.to_dict(), "final_loss": result.final_loss,
+                  "train_wall_s": round(result.wall_s, 1), "history": result.history,
+                  "torch": torch.__version__, **(extra or {})}
+    (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    return out

@@ -1,0 +1,62 @@
+"""Run outputs: JSONL records, resume truncation, sample grids and reward curves."""
+import importlib.util
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from cxrl.rl.logging import MetricsLogger, plot_reward_curves, read_metrics, save_sample_grid
+from cxrl.rl.prompts import read_prompt_file
+
+
+def test_jsonl_truncate_and_curves(tmp_path):
+    log = MetricsLogger(tmp_path, tensorboard="off", progress=False)
+    for e in range(4):
+        log.log(e, {"reward/a/mean": torch.tensor(e * 0.5), "reward/b/mean": float(e), "n": 3})
+    log.truncate_after(1)          # a resume from the checkpoint after epoch 1 re-runs epochs 2, 3
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert records == [{"epoch": 0, "reward/a/mean": 0.0, "reward/b/mean": 0.0, "n": 3},
+                       {"epoch": 1, "reward/a/mean": 0.5, "reward/b/mean": 1.0, "n": 3}]
+    png = plot_reward_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
+    assert Image.open(png).size[0] >= 400
+    with pytest.raises(ValueError, match="no 'reward"):
+        (tmp_path / "empty.jsonl").write_text(json.dumps({"epoch": 0, "x": 1}) + "\n")
+        plot_reward_curves(tmp_path / "empty.jsonl", tmp_path / "x.png")
+    silent = MetricsLogger(tmp_path / "rank1", enabled=False)
+    silent.log(0, {"x": 1})
+    assert not (tmp_path / "rank1").exists()
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(RuntimeError, match="pip install tensorboard"):
+            MetricsLogger(tmp_path / "tb", tensorboard="on")
+    else:
+        MetricsLogger(tmp_path / "tb", tensorboard="on").log(0, {"reward/a/mean": 1.0})
+        assert any((tmp_path / "tb" / "tensorboard").iterdir())
+
+
+def test_sample_grid(tmp_path):
+    images = torch.rand(5, 1, 16, 16)
+    out = save_sample_grid(images, [f"prompt {i} " * 10 for i in range(5)], tmp_path / "grid.png", cols=3)
+    assert Image.open(out).size[0] > Image.open(out).size[1] * 0.5
+    with pytest.raises(ValueError, match="captions"):
+        save_sample_grid(images, ["a"], tmp_path / "bad.png")
+    with pytest.raises(ValueError, match=r"\[B, 1\|3, H, W\]"):
+        save_sample_grid(torch.rand(2, 2, 4, 4), ["a", "b"], tmp_path / "bad.png")
+
+
+def test_prompt_files(tmp_path):
+    (tmp_path / "p.txt").write_text("a b\n\n c d \n")
+    assert [e["prompt"] for e in read_prompt_file(tmp_path / "p.txt")] == ["a b", "c d"]
+    (tmp_path / "p.csv").write_text("id,report\n1,heart normal\n2,\n3,effusion\n")
+    assert [e["prompt"] for e in read_prompt_file(tmp_path / "p.csv")] == ["heart normal", "effusion"]
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "x", "labels": {"Cardiomegaly": 1}}) + "\n"
+                                      + json.dumps({"prompt": "y", "labels": [0] * 13 + [None]}) + "\n")
+    entries = read_prompt_file(tmp_path / "p.jsonl")
+    assert entries[0]["labels"][2] == 1.0 and torch.isnan(entries[0]["labels"][0])
+    assert entries[1]["labels"][0] == 0.0 and torch.isnan(entries[1]["labels"][13])
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "x", "labels": [1, 2]}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: 'labels' has 2 entries"):
+        read_prompt_file(tmp_path / "bad.jsonl")
+    with pytest.raises(ValueError, match="unsupported prompt file type"):
+        (tmp_path / "p.md").write_text("x")
+        read_prompt_file(tmp_path / "p.md")
