@@ -45,3 +45,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads():
+    """One intra-op torch thread for the whole suite (``CXRL_TEST_THREADS`` overrides): the test models
+    are tiny, and on a 2-core machine shared with torchrun subprocesses and the C++ gather threads, more
+    torch threads mostly measure oversubscription (a tiny UNet forward went from 0.5 s to 10 s)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("CXRL_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)
