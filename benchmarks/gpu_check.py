@@ -87,6 +87,63 @@ def check_flash_attention(device: torch.device) -> None:
             _report(f"attn B{B} H{H} N{N} Nk{Nk} D{D} {str(dtype)[6:]}", ok, f"worst |fast-ref|/|torch-ref| = {worst:.2f}")
 
 
+def check_eager_baseline_step(device: torch.device) -> None:
+    """The rl_epoch benchmark's eager (ddpo-style) steps compute what cxrl's fused step computes, on CUDA."""
+    print("rl_epoch eager baseline step vs cxrl fused step")
+    from cxrl.diffusion.ddim import ddim_step_with_logprob
+    from diffusers import DDIMScheduler
+
+    from .bench_rl_epoch import eager_recompute_log_prob, eager_sampling_step
+
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1)
+    sched.set_timesteps(20, device=device)
+    g = torch.Generator(device=device).manual_seed(3)
+    guided, x = (torch.randn(4, 4, 64, 64, device=device, generator=g) for _ in range(2))
+    t = sched.timesteps[7]
+    prev_e, lp_e = eager_sampling_step(sched, guided, t, x, 1.0, torch.Generator(device=device).manual_seed(5))
+    prev_c, lp_c = ddim_step_with_logprob(sched, guided, int(t), x, 1.0, generator=torch.Generator(device=device).manual_seed(5))
+    ts = sched.timesteps[[0, 6, 12, 19]]
+    lp_re = eager_recompute_log_prob(sched, guided, ts, x, prev_c, 1.0)
+    lp_rc = ddim_step_with_logprob(sched, guided, ts, x, 1.0, prev_sample=prev_c)[1]
+    e = (_err(prev_e, prev_c), _err(lp_e, lp_c), _err(lp_re, lp_rc))
+    _report("eager step == fused step", max(e) < 1e-3, f"max|Δprev|={e[0]:.2e} |Δlogp|={e[1]:.2e} |Δlogp recompute|={e[2]:.2e}")
+
+
+def check_overlapped_scoring(device: torch.device) -> None:
+    """rewards.overlap (scoring thread on its own CUDA stream, anchor sampled there) gives the inline rewards."""
+    print("trainer: overlapped reward scoring vs inline (CUDA streams)")
+    import copy
+    import tempfile
+    from pathlib import Path
+
+    from cxrl.rewards import AnchorScoreCache
+
+    from .bench_rl_epoch import TINY_SD15, build_trainer
+
+    trainer, _ = build_trainer(TINY_SD15, str(device), Path(tempfile.mkdtemp(prefix="cxrl-gpu-check-")))
+    with torch.no_grad():   # LoRA B starts at zero: make the policy differ from the anchor
+        for p in trainer.policy.unet_params:
+            p.add_(0.05 * torch.randn_like(p))
+    snapshot = copy.deepcopy(trainer.state_groups())
+    rewards = {}
+    for overlap in (True, False):
+        trainer.load_state_groups(copy.deepcopy(snapshot))
+        trainer.suite.cache = AnchorScoreCache(None, "gpu-check", {})
+        trainer.cfg.rewards.overlap = overlap
+        entries, seeds, local = trainer.draw_prompts(1)
+        pending = [] if overlap else None
+
+        def submit(batch, begin, end, images):   # what Trainer.run_epoch does with rewards.overlap
+            args, kwargs = trainer._chunk_args(batch, begin, end, images)
+            pending.append(trainer._scorer().submit(*args, **kwargs))
+        batch = trainer.collect_rollouts(1, entries[local], seeds[local], 0, on_chunk=submit if overlap else None)
+        rewards[overlap] = trainer.score(batch, pending)[0].components
+    trainer.close()
+    err = _err(rewards[True], rewards[False])
+    _report("overlap == inline rewards", err <= 1e-5, f"max|Δreward|={err:.2e} over {rewards[True].numel()} values")
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device; the CPU equivalents are the TRITON_INTERPRET=1 unit tests", file=sys.stderr)
@@ -94,6 +151,8 @@ def main() -> int:
     device = torch.device("cuda")
     check_ddim_step(device)
     check_flash_attention(device)
+    check_eager_baseline_step(device)
+    check_overlapped_scoring(device)
     print(f"gpu_check: {len(FAILURES)} failure(s)" + (f": {FAILURES}" if FAILURES else ""))
     return 1 if FAILURES else 0
 

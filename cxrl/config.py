@@ -61,6 +61,8 @@ class RewardsConfig:
                         "and initial noise); 'direct' = raw scores (the w/o-RLCF ablation)", choices=["comparative", "direct"])
     anchor_cache: str = opt("", "anchor-score cache file (JSON); '' puts it at <output>/anchor_cache.json")
     seed_bank_size: int = opt(4, "initial-noise seeds kept per prompt (the anchor cache hits across epochs)", lo=1)
+    overlap: bool = opt(True, "score each rollout chunk on a worker thread (own CUDA stream) while the next chunk is "
+                        "sampled; the rewards are identical either way")
 
 
 @dataclass
@@ -94,7 +96,9 @@ class TrainConfig:
 @dataclass
 class DataConfig:
     source: str = opt("phantom", "prompt source: built-in dataset or a text/CSV/JSONL file", choices=["phantom", "iu_xray", "mimic", "file"])
-    path: str = opt("", "dataset root (mimic) or prompt file (file: .txt one per line, .csv 'prompt' column, .jsonl with 'prompt' [+ 'labels'])")
+    path: str = opt("", "dataset root (mimic) or prompt file (file: .txt one per line, .csv/.jsonl with a prompt column, optional labels, weight and metadata columns)")
+    prompt_column: str = opt("", "file source, .csv/.jsonl: the prompt column ('' = 'prompt', else 'report')")
+    weight_column: str = opt("", "file source, .csv/.jsonl: sample prompts in proportion to this column ('' = uniformly)")
     reports_path: str = opt("", "mimic: root of the MIMIC-CXR reports (files/pXX/...); '' writes prompts from the labels")
     split: str = opt("train", "dataset split to draw prompts from", choices=["train", "validate", "test"])
     max_prompts: int = opt(0, "use at most this many distinct prompts (0 = all)", lo=0)
@@ -205,6 +209,8 @@ def _check_value(key: str, tp, meta, value):
     base = typing.get_origin(tp) or tp
     if base is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)  # `data.path=2024` parses as an int but means the name
+    if base is str and isinstance(value, bool) and {"on", "off"} <= set(meta.get("choices") or ()):
+        value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans: `log.tensorboard=off`
     if base is bool and not isinstance(value, bool):
         raise ValueError(f"config field '{key}' must be true/false, got {value!r}")
     if base is int and (isinstance(value, bool) or not isinstance(value, int)):

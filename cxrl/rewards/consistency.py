@@ -93,7 +93,8 @@ class DualEncoder(nn.Module):
     def tokenize(self, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tokenizer is None:
             raise RuntimeError("consistency DualEncoder: no tokenizer attached (attach_tokenizer(tokenizer_or_dir))")
-        enc = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt")
+        # pad to the longest prompt only: padding is masked out, so the result equals max_length padding
+        enc = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:

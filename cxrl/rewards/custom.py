@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -58,11 +59,17 @@ def _resolve(spec: str):
     if target.endswith(".py") or "/" in target or "\\" in target:
         path = Path(target).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"custom reward {spec!r}: file {path} does not exist")
+            where = "" if path.is_absolute() else f" (relative paths are resolved against the current directory {Path.cwd()})"
+            raise FileNotFoundError(f"custom reward {spec!r}: file {path} does not exist{where}")
         mod_name = f"cxrl_custom_reward_{abs(hash(str(path.resolve())))}"
         module_spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        sys.modules[mod_name] = module   # as `import` would: dataclasses, pickling and typing look modules up here
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(mod_name, None)
+            raise
     else:
         try:
             module = importlib.import_module(target)

@@ -197,7 +197,8 @@ def train_consistency(images: torch.Tensor, prompts: list[str], tokenizer, cfg: 
         i = train_idx[idx]
         x = _jitter_intensity(_augment_posture(images[i].float(), cfg, g), g)
         same = text_key[i][:, None] == text_key[i][None, :]
-        return info_nce_loss(net.encode_image(x), net.encode_text(ids[i], mask[i]), net.logit_scale, same)
+        length = int(mask[i].sum(dim=1).max())  # trim batch padding: most impressions are far below 77 tokens
+        return info_nce_loss(net.encode_image(x), net.encode_text(ids[i, :length], mask[i, :length]), net.logit_scale, same)
 
     net.train()
     history = _loop(list(net.parameters()), cfg, len(train_idx), step_fn, "consistency")

@@ -9,8 +9,10 @@ CPU, and a data-parallel run equal to a single-process run with the same global 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import threading
 import time
 from pathlib import Path
 
@@ -22,9 +24,19 @@ from cxrl.rl.components import (Policy, build_generator, build_optimizer, build_
                                 lr_schedule)
 from cxrl.rl.distributed import DistContext
 from cxrl.rl.logging import MetricsLogger, plot_reward_curves, save_sample_grid
-from cxrl.rl.prompts import PromptPool
+from cxrl.rl.prompts import PromptPool, reward_metadata
 from cxrl.rl.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_everything, torch_generator
 from cxrl.rl.update import EMA, PPOUpdater, UpdateSettings
+
+
+def concat_reward_outputs(outputs: list):
+    """One :class:`~cxrl.rewards.RewardOutput` from per-chunk outputs (in order)."""
+    from cxrl.rewards import RewardOutput
+
+    first = outputs[0]
+    anchor = None if first.anchor_scores is None else torch.cat([o.anchor_scores for o in outputs])
+    return RewardOutput(first.names, *(torch.cat([getattr(o, f) for o in outputs])
+                                       for f in ("components", "combined", "valid", "policy_scores")), anchor)
 
 
 @dataclasses.dataclass
@@ -38,6 +50,7 @@ class EpochBatch:
     initial_noise: torch.Tensor | None = None
     embeds: torch.Tensor | None = None          # [P_local, L, D] unique prompts of this rank
     sample_seconds: float = 0.0
+    score_work_seconds: float = 0.0             # summed over chunks (overlapped or not): the scoring work
 
     @property
     def prompts(self) -> list[str]:
@@ -45,7 +58,10 @@ class EpochBatch:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, pool: PromptPool, dist: DistContext | None = None, output_dir: str | Path | None = None):
+    def __init__(self, cfg: Config, pool: PromptPool, dist: DistContext | None = None, output_dir: str | Path | None = None,
+                 generator=None):
+        """``generator``: an already loaded :class:`~cxrl.diffusion.generator.Generator` to train instead of
+        loading ``cfg.model.path`` (its UNet gets the LoRA adapters / is made trainable here)."""
         self.cfg = cfg
         self.dist = dist or DistContext()
         self.device = self.dist.device
@@ -54,7 +70,12 @@ class Trainer:
         seed_everything(cfg.train.seed, cfg.train.deterministic)
         self.logger = MetricsLogger(self.out, enabled=self.dist.is_main, tensorboard=cfg.log.tensorboard,
                                     progress=cfg.log.progress)
-        self.gen = build_generator(cfg.model, self.device, workdir=self.out / "work" / f"rank{self.dist.rank}")
+        self.gen = generator if generator is not None else build_generator(
+            cfg.model, self.device, workdir=self.out / "work" / f"rank{self.dist.rank}")
+        # The policy rollout and the anchor (the same UNet with LoRA disabled) never run at once: with
+        # rewards.overlap the anchor is sampled on the scoring thread while the main thread samples.
+        self._unet_lock = threading.RLock()
+        self._async_scorer = None
         from cxrl.rewards import anchor_weights_hash
 
         anchor_hash = anchor_weights_hash(self.gen.unet)
@@ -98,7 +119,7 @@ class Trainer:
 
         s = self.cfg.sampling
         images = []
-        with self._lora_disabled():
+        with self._unet_lock, self._lora_disabled(), self._sampling_autocast():
             for begin in range(0, len(prompts), s.batch_size):
                 noise = initial_noise[begin:begin + s.batch_size]
                 digest = hashlib.sha256(noise.detach().float().cpu().numpy().tobytes()).digest()
@@ -123,6 +144,12 @@ class Trainer:
                 unet.enable_adapters()
         return ctx()
 
+    def _sampling_autocast(self):
+        """Rollouts (policy and anchor) run in the same precision as the PPO recompute, so the stored and the
+        recomputed log-probs come from the same arithmetic."""
+        dtype = self._autocast_dtype()
+        return torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
     def _autocast_dtype(self):
         mp = self.cfg.train.mixed_precision
         if mp == "bf16" or (mp == "auto" and self.device.type == "cuda"):
@@ -140,7 +167,10 @@ class Trainer:
         seeds = self.suite.seed_bank.seeds_for([e["prompt"] for e in entries])
         return entries, seeds, self.dist.shard(len(entries))
 
-    def collect_rollouts(self, epoch: int, entries: list[dict], seeds: list[int], first_sample: int) -> EpochBatch:
+    def collect_rollouts(self, epoch: int, entries: list[dict], seeds: list[int], first_sample: int,
+                         on_chunk=None) -> EpochBatch:
+        """Sample this rank's trajectories in chunks of ``sampling.batch_size`` into a new store.
+        ``on_chunk(batch, begin, end, images)`` is called after each chunk (the overlapped scoring hook)."""
         from cxrl.diffusion.rollout import rollout
         from cxrl.rewards import noise_for
         from cxrl.trajectory import TrajectoryStore
@@ -155,6 +185,7 @@ class Trainer:
         ids = torch.tensor([index[p] for p in batch.prompts], dtype=torch.long)
         batch.embeds = self.gen.encode_prompts(unique)
         noise = noise_for(seeds, self.gen.latent_shape, device=self.device, dtype=self.gen.dtype)
+        batch.initial_noise = noise
         images = []
         start_time = time.perf_counter()
         bar = self.logger.progress(n, f"epoch {epoch} sampling")
@@ -163,23 +194,66 @@ class Trainer:
             # one generator per global chunk: the same step noise whatever the sharding
             chunk = (first_sample + begin) // s.batch_size
             gen_rng = torch_generator(derive_seed(self.cfg.train.seed, epoch, chunk, "rollout"), self.device)
-            out = rollout(self.gen, batch.embeds[ids[begin:end].to(batch.embeds.device)], store, begin,
-                          ace=self.policy.ace, num_steps=s.num_steps, guidance_scale=s.guidance_scale, eta=s.eta,
-                          initial_noise=noise[begin:end], generator=gen_rng)
+            with self._unet_lock, self._sampling_autocast():
+                out = rollout(self.gen, batch.embeds[ids[begin:end].to(batch.embeds.device)], store, begin,
+                              ace=self.policy.ace, num_steps=s.num_steps, guidance_scale=s.guidance_scale, eta=s.eta,
+                              initial_noise=noise[begin:end], generator=gen_rng)
             images.append(out.images)
+            if on_chunk is not None:
+                on_chunk(batch, begin, end, out.images)
             bar.update(end - begin)
         bar.close()
         store.write_prompt_ids(0, ids)
-        batch.store, batch.images, batch.initial_noise = store, torch.cat(images), noise
+        batch.store, batch.images = store, torch.cat(images)
+        if self.device.type == "cuda":   # the sampling's own stream only: overlapped scoring keeps running
+            torch.cuda.current_stream(self.device).synchronize()
         batch.sample_seconds = time.perf_counter() - start_time
         return batch
 
-    def score(self, batch: EpochBatch):
-        metadata = [{"labels": e["labels"]} if e.get("labels") is not None else {} for e in batch.entries]
+    def _score_chunk(self, images, prompts, metadata, *, seeds, initial_noise):
+        """One rollout chunk's rewards and the seconds they took; the same call inline or on the scoring thread."""
         start = time.perf_counter()
-        out = self.suite.score(batch.images, batch.prompts, metadata, seeds=batch.seeds, initial_noise=batch.initial_noise)
+        out = self.suite.score(images, prompts, metadata, seeds=seeds, initial_noise=initial_noise)
+        if images.is_cuda:   # on the scoring thread this is its own stream: the work, not the queueing
+            torch.cuda.current_stream(images.device).synchronize()
+        return out, time.perf_counter() - start
+
+    def _chunk_args(self, batch: EpochBatch, begin: int, end: int, images: torch.Tensor):
+        metadata = [reward_metadata(e) for e in batch.entries[begin:end]]   # prompt-file columns + labels
+        return (images, batch.prompts[begin:end], metadata), {"seeds": batch.seeds[begin:end],
+                                                               "initial_noise": batch.initial_noise[begin:end]}
+
+    def score(self, batch: EpochBatch, pending=None):
+        """Rewards of the batch, scored per rollout chunk of ``sampling.batch_size`` (so the overlapped and the
+        inline path make exactly the same calls), written to the store. ``pending``: the futures of chunks
+        already submitted to the scoring thread by :meth:`run_epoch`. Returns (RewardOutput, seconds waited)."""
+        start = time.perf_counter()
+        if pending is None:
+            size = self.cfg.sampling.batch_size
+            results = []
+            for begin in range(0, len(batch.entries), size):
+                end = min(len(batch.entries), begin + size)
+                args, kwargs = self._chunk_args(batch, begin, end, batch.images[begin:end])
+                results.append(self._score_chunk(*args, **kwargs))
+        else:
+            results = [f.result() for f in pending]
+        out = concat_reward_outputs([r for r, _ in results])
+        batch.score_work_seconds = sum(seconds for _, seconds in results)
         batch.store.write_rewards(0, out.components.to(torch.float32))
         return out, time.perf_counter() - start
+
+    def _scorer(self):
+        if self._async_scorer is None:
+            from cxrl.rewards import AsyncScorer
+
+            self._async_scorer = AsyncScorer(self._score_chunk, device=self.device)
+        return self._async_scorer
+
+    def close(self) -> None:
+        """Stop the scoring thread (if rewards.overlap started one); the trainer stays usable."""
+        if self._async_scorer is not None:
+            self._async_scorer.close()
+            self._async_scorer = None
 
     def advantages(self, global_entries: list[dict], local: slice, reward_out) -> tuple[torch.Tensor, dict]:
         """Gather rewards from all ranks, compute advantages on the global set, keep this rank's slice."""
@@ -228,10 +302,18 @@ class Trainer:
         d = self.dist
         with d.stage("draw prompts"):
             entries, seeds, local = self.draw_prompts(epoch)
+        epoch_start = time.perf_counter()
+        pending, on_chunk = None, None
+        if self.cfg.rewards.overlap:   # score chunk k on the scoring thread while chunk k+1 is sampled
+            pending, scorer = [], self._scorer()
+
+            def on_chunk(batch, begin, end, images):
+                args, kwargs = self._chunk_args(batch, begin, end, images)
+                pending.append(scorer.submit(*args, **kwargs))
         with d.stage("rollout"):
-            batch = self.collect_rollouts(epoch, entries[local], seeds[local], local.start)
+            batch = self.collect_rollouts(epoch, entries[local], seeds[local], local.start, on_chunk=on_chunk)
         with d.stage("rewards"):
-            reward_out, score_seconds = self.score(batch)
+            reward_out, score_seconds = self.score(batch, pending)
         adv, stats = self.advantages(entries, local, reward_out)
         batch.store.write_advantages(0, adv.to(batch.store.advantages.device))
         with d.stage("update"):
@@ -239,7 +321,11 @@ class Trainer:
         n = len(batch.entries)
         metrics = {**stats, **result.metrics(), "lr": self.optimizer.param_groups[0]["lr"],
                    "throughput/sample_images_per_s": n / max(batch.sample_seconds, 1e-9),
-                   "throughput/score_images_per_s": n / max(score_seconds, 1e-9),
+                   "throughput/score_images_per_s": n / max(batch.score_work_seconds, 1e-9),
+                   # wall-clock seconds per stage (score_wait: what scoring added after sampling ended)
+                   "throughput/sample_seconds": batch.sample_seconds, "throughput/score_seconds": batch.score_work_seconds,
+                   "throughput/score_wait_seconds": score_seconds, "throughput/update_seconds": result.seconds,
+                   "throughput/epoch_seconds": time.perf_counter() - epoch_start,
                    "anchor/images_generated": self.suite.anchor_images_generated}
         if self.suite.cache is not None:
             metrics.update({f"anchor_cache/{k}": v for k, v in self.suite.cache.stats().items()})
@@ -266,6 +352,7 @@ class Trainer:
             bar.set_postfix(reward=f"{float(metrics['reward/combined/mean']):.4g}")
             bar.update(1)
         bar.close()
+        self.close()
         if self.dist.is_main:
             self.suite.flush()
             plot_reward_curves(self.logger.path, self.out / "reward_curves.png")

@@ -63,9 +63,9 @@ def test_diagnostic_prefers_image_with_the_reports_findings(which, loader, test_
     assert len(chosen) >= 12
     wins = 0
     for i, (prompt, labels) in enumerate(chosen):
-        other = chosen[(i + len(chosen) // 2) % len(chosen)][1]
-        if torch.equal(torch.nan_to_num(other, 9), torch.nan_to_num(labels, 9)):
-            other = labels_of(No_Finding=1)
+        # "other findings": none of the report's positives, one drawn finding the report does not have
+        absent = [n for n in drawn if labels[CHEXPERT_ORDER.index(n)] != 1]
+        other = labels_of(**{absent[i % len(absent)].replace(" ", "_"): 1})
         images = torch.stack([render(labels, 100 + i), render(other, 100 + i)])
         s = reward(images, [prompt] * 2, [{"labels": labels}] * 2)
         wins += int(s[0] > s[1])
