@@ -134,7 +134,7 @@ def run(args) -> int:
         result = pretrain(cfg, data, report_texts(reports), progress=progress, log_every=args.log_every, on_log=on_log)
     finally:
         loss_log.close()
-    extra = {"command": "cxrl pretrain " + " ".join(args.overrides), "threads": torch.get_num_threads(),
+    extra = {"command": " ".join(["cxrl pretrain", *args.overrides]), "threads": torch.get_num_threads(),
              "render_s": round(render_s, 1), "train_images": len(data), "train_prompts": len(data.prompts)}
     out = save_pretrained_base(result, args.out, overwrite=args.overwrite, extra=extra)
     size_mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20

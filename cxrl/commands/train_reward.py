@@ -94,7 +94,7 @@ def run(args) -> int:
             from cxrl.diffusion.tokenizer import build_clip_tokenizer
 
             tokenizer = build_clip_tokenizer(sorted(set(data["prompts"])), args.vocab_size, out / "tokenizer")
-        model, metrics = train_consistency(images, data["prompts"], tokenizer, cfg)
+        model, metrics = train_consistency(images, data["prompts"], tokenizer, cfg, labels=data["labels"])
     extra = {
         "training": {"command": "cxrl train-reward " + args.kind, "data": data["meta"], "config": config_dict(cfg),
                      "seconds": round(time.perf_counter() - t0, 1), "torch": torch.__version__},

@@ -180,8 +180,14 @@ def train_diagnostic(images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfi
     return DiagnosticReward(net), metrics
 
 
+def finding_keys(labels: torch.Tensor) -> torch.Tensor:
+    """One integer per row encoding which labels are present (1 or −1); 0/nan count as absent."""
+    present = ((labels == 1) | (labels == -1)).long()
+    return (present * (2 ** torch.arange(labels.shape[1]))).sum(dim=1)
+
+
 def train_consistency(images: torch.Tensor, prompts: list[str], tokenizer, cfg: TrainConfig, *,
-                      embed_dim: int = 64, text_width: int = 96, text_layers: int = 2, max_length: int | None = None
+                      labels: torch.Tensor | None = None, embed_dim: int = 64, text_width: int = 96, text_layers: int = 2, max_length: int | None = None
                       ) -> tuple[ConsistencyReward, dict]:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -192,11 +198,16 @@ def train_consistency(images: torch.Tensor, prompts: list[str], tokenizer, cfg: 
     # tokenize once: the text side sees the same ids every epoch
     ids, mask = net.tokenize(prompts, "cpu")
     text_key = torch.tensor([hash(p) for p in prompts], dtype=torch.long)
+    # label-aware InfoNCE: two reports with the same findings describe indistinguishable images (the
+    # phantom is a function of the labels), so they are not negatives of each other
+    finding_key = finding_keys(labels) if labels is not None else None
 
     def step_fn(idx, g):
         i = train_idx[idx]
         x = _jitter_intensity(_augment_posture(images[i].float(), cfg, g), g)
         same = text_key[i][:, None] == text_key[i][None, :]
+        if finding_key is not None:
+            same |= finding_key[i][:, None] == finding_key[i][None, :]
         length = int(mask[i].sum(dim=1).max())  # trim batch padding: most impressions are far below 77 tokens
         return info_nce_loss(net.encode_image(x), net.encode_text(ids[i, :length], mask[i, :length]), net.logit_scale, same)
 
@@ -207,9 +218,13 @@ def train_consistency(images: torch.Tensor, prompts: list[str], tokenizer, cfg: 
     with torch.no_grad():
         v = val_idx[:256]
         sim = net.encode_image(images[v].float()) @ net.encode_text(ids[v], mask[v]).t()
-        # a retrieval counts as correct when the top report is the matching one or an identical text
+        # a retrieval counts as correct when the top report is the matching one, an identical text, or
+        # (with labels) a report with the same findings
         top = sim.argmax(dim=1)
-        correct = (text_key[v][top] == text_key[v]).float().mean()
+        hit = text_key[v][top] == text_key[v]
+        if finding_key is not None:
+            hit |= finding_key[v][top] == finding_key[v]
+        correct = hit.float().mean()
         metrics.update({"val_top1_retrieval": round(float(correct), 4), "val_batch": len(v),
                         "val_mean_matching_cos": round(float(sim.diag().mean()), 4)})
     return ConsistencyReward(net), metrics
