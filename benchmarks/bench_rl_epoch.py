@@ -441,7 +441,8 @@ def _result(s, device, timings, eager, cxrl_metrics, bare, rows) -> CaseResult:
     med = lambda xs: float(np.median(xs))
     n = s.samples
     extra: dict = {"images_per_epoch": float(n), "steps": float(s.steps), "trained_steps": float(s.trained_steps),
-                   "unet_rows_fwd": float(rows["bare_unet"]["no_grad"]), "unet_rows_fwd_bwd": float(rows["bare_unet"]["grad"])}
+                   "unet_rows_fwd": float(rows["bare_unet"]["no_grad"]),
+                   "unet_rows_fwd_bwd": float(rows["bare_unet"]["grad"])}
     for stage, key in (("sample", "sample"), ("score", "score"), ("train", "train")):
         extra[f"eager_ddpo_{stage}_img_per_s"] = n / med(eager.stage_seconds[key])
     for name, ms in cxrl_metrics.items():
@@ -460,7 +461,8 @@ def _result(s, device, timings, eager, cxrl_metrics, bare, rows) -> CaseResult:
                   "mfu_bare_unet": flops / bare_s / 1e12 / peak, "mfu_cxrl_epoch": flops / cxrl_s / 1e12 / peak})
     for name, t in timings.items():
         extra[f"{name}_epoch_img_per_s"] = n / t.median
-    mode = f"{s.steps}steps-tf{s.timestep_fraction}-cfg{s.guidance}-" + ("bf16-autocast" if device.startswith("cuda") else "fp32")
+    precision = "bf16-autocast" if device.startswith("cuda") else "fp32"
+    mode = f"{s.steps}steps-tf{s.timestep_fraction}-cfg{s.guidance}-{precision}"
     return CaseResult(CASE, s.name, mode, timings, baseline="eager_ddpo", extra=extra)
 
 

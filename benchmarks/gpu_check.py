@@ -102,12 +102,14 @@ def check_eager_baseline_step(device: torch.device) -> None:
     guided, x = (torch.randn(4, 4, 64, 64, device=device, generator=g) for _ in range(2))
     t = sched.timesteps[7]
     prev_e, lp_e = eager_sampling_step(sched, guided, t, x, 1.0, torch.Generator(device=device).manual_seed(5))
-    prev_c, lp_c = ddim_step_with_logprob(sched, guided, int(t), x, 1.0, generator=torch.Generator(device=device).manual_seed(5))
+    prev_c, lp_c = ddim_step_with_logprob(sched, guided, int(t), x, 1.0,
+                                          generator=torch.Generator(device=device).manual_seed(5))
     ts = sched.timesteps[[0, 6, 12, 19]]
     lp_re = eager_recompute_log_prob(sched, guided, ts, x, prev_c, 1.0)
     lp_rc = ddim_step_with_logprob(sched, guided, ts, x, 1.0, prev_sample=prev_c)[1]
     e = (_err(prev_e, prev_c), _err(lp_e, lp_c), _err(lp_re, lp_rc))
-    _report("eager step == fused step", max(e) < 1e-3, f"max|Δprev|={e[0]:.2e} |Δlogp|={e[1]:.2e} |Δlogp recompute|={e[2]:.2e}")
+    _report("eager step == fused step", max(e) < 1e-3,
+            f"max|Δprev|={e[0]:.2e} |Δlogp|={e[1]:.2e} |Δlogp recompute|={e[2]:.2e}")
 
 
 def check_overlapped_scoring(device: torch.device) -> None:

@@ -91,6 +91,7 @@ class TrainConfig:
     mixed_precision: str = opt("auto", "'auto' = bf16 autocast on CUDA, none on CPU; 'no' or 'bf16' force it", choices=["auto", "no", "bf16"])
     deterministic: bool = opt(True, "deterministic algorithms (bitwise-reproducible resume on CPU)")
     max_nonfinite: int = opt(3, "abort after this many consecutive updates with a non-finite loss or gradient", lo=1)
+    torch_threads: int = opt(0, "intra-op CPU threads for torch (torch.set_num_threads); 0 leaves torch's default", lo=0)
 
 
 @dataclass
@@ -102,6 +103,20 @@ class DataConfig:
     reports_path: str = opt("", "mimic: root of the MIMIC-CXR reports (files/pXX/...); '' writes prompts from the labels")
     split: str = opt("train", "dataset split to draw prompts from", choices=["train", "validate", "test"])
     max_prompts: int = opt(0, "use at most this many distinct prompts (0 = all)", lo=0)
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = opt(False, "after training, sample the base and the tuned generator on held-out phantom-world prompts "
+                        "from the same initial noises and score both with the held-out evaluators (never the reward models)")
+    split: str = opt("test", "report split of the held-out prompts; must differ from data.split", choices=["train", "validate", "test"])
+    num_prompts: int = opt(48, "held-out prompts evaluated", lo=2)
+    samples_per_prompt: int = opt(4, "samples per prompt (the MS-SSIM protocol uses 4: 6 pairs)", lo=1)
+    seed: int = opt(1234, "seed of the prompt choice and the evaluation initial noises (apart from train.seed)", lo=0)
+    batch_size: int = opt(16, "images per sampling / scoring batch", lo=1)
+    evaluators: str = opt("", "directory with posture/ diagnostic/ consistency/ evaluators ('' = cxrl/assets/evaluators)")
+    bootstrap: int = opt(1000, "bootstrap resamples of the prompts for the tuned-minus-base confidence intervals (0 = none)", lo=0)
+    output_subdir: str = opt("eval", "where the evaluation goes, relative to log.output_dir")
 
 
 @dataclass
@@ -132,6 +147,7 @@ class Config:
     rewards: RewardsConfig = field(default_factory=RewardsConfig, metadata={"doc": "reward models and RLCF"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"doc": "PPO updates and optimizer"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "prompt source"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"doc": "end-of-run evaluation (base vs tuned)"})
     log: LogConfig = field(default_factory=LogConfig, metadata={"doc": "outputs"})
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"doc": "checkpoint and resume"})
     dist: DistConfig = field(default_factory=DistConfig, metadata={"doc": "torchrun data parallelism"})
@@ -145,6 +161,13 @@ class Config:
             raise ValueError(f"train.advantage_min_count ({t.advantage_min_count}) must be <= train.advantage_window ({t.advantage_window})")
         if t.advantage == "group" and s.group_size < 2:
             raise ValueError("train.advantage 'group' needs sampling.group_size >= 2 (images per prompt per epoch)")
+        if self.eval.enabled:
+            if self.data.source not in ("phantom", "iu_xray"):
+                raise ValueError(f"eval.enabled evaluates on the phantom world's held-out IU X-ray reports; data.source "
+                                 f"{self.data.source!r} needs `cxrl evaluate` on its own data (set eval.enabled=false)")
+            if self.eval.split == self.data.split:
+                raise ValueError(f"eval.split ({self.eval.split!r}) must differ from data.split: the evaluation prompts "
+                                 "must be held out from the RL prompts")
         if not self.rewards.components:
             raise ValueError("rewards.components is empty: at least one reward is needed")
         names = []
@@ -300,15 +323,51 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise FileNotFoundError(f"config file not found: {p}")
         text, where = p.read_text(), str(p)
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"config {where} is not valid YAML: {err}") from err
+    data = _read_yaml_with_extends(text, where, Path(path).resolve().parent if path is not None else None, ())
     try:
         cfg = from_dict(data)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from err
     return apply_overrides(cfg, overrides or [])
+
+
+EXTENDS_KEY = "extends"
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``: mappings merge key by key, anything else (lists too) is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_yaml_with_extends(text: str, where: str, directory: Path | None, chain: tuple) -> dict:
+    """Parse a config file; a top-level ``extends: FILE`` (relative to the file, or ``packaged:NAME`` for a config
+    shipped in cxrl/configs) is loaded first and this file's keys are merged over it (small override files such
+    as configs/ablations/*.yaml)."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"config {where} is not valid YAML: {err}") from err
+    if not isinstance(data, dict) or EXTENDS_KEY not in data:
+        return data
+    parent = data.pop(EXTENDS_KEY)
+    if not isinstance(parent, str) or not parent:
+        raise ValueError(f"config {where}: '{EXTENDS_KEY}' must name a YAML file, got {parent!r}")
+    if parent.startswith("packaged:"):
+        parent_text, parent_where, parent_dir = packaged_config_text(parent[len("packaged:"):]), parent, None
+    else:
+        parent_path = Path(parent) if Path(parent).is_absolute() or directory is None else directory / parent
+        if not parent_path.is_file():
+            raise FileNotFoundError(f"config {where}: '{EXTENDS_KEY}: {parent}' not found (looked for {parent_path})")
+        parent_text, parent_where, parent_dir = parent_path.read_text(), str(parent_path), parent_path.resolve().parent
+    if parent_where in chain or parent_where == where:
+        raise ValueError(f"config {where}: '{EXTENDS_KEY}' cycle through {parent_where}")
+    base = _read_yaml_with_extends(parent_text, parent_where, parent_dir, chain + (where,))
+    if not isinstance(base, dict):
+        raise ValueError(f"config {parent_where} (extended by {where}) must be a mapping")
+    return _deep_merge(base, data)
 
 
 def packaged_config_text(name: str) -> str:

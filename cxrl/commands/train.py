@@ -5,11 +5,15 @@
 
 ``--resume DIR`` continues the run in DIR from its newest complete checkpoint, with the config the run
 was started with (``DIR/config.yaml``) unless ``--config`` is given; overrides apply on top.
+With ``eval.enabled`` (on in the demo config) the run ends by saving the tuned generator to ``<output>/final``
+and evaluating base vs tuned on held-out prompts with the held-out evaluators (:func:`cxrl.rl.demo.evaluate_run`):
+the paper-layout table is printed and metrics.json / results.md / comparison.json / grids go to ``<output>/eval``.
 Exit codes: 0 done, 2 bad config/missing input, 3 aborted on repeated non-finite updates, 1 other error.
 """
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 
@@ -48,7 +52,12 @@ def run(args) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"cxrl train: error: {err}", file=sys.stderr)
         return 2
+    if cfg.train.torch_threads:
+        import torch
+
+        torch.set_num_threads(cfg.train.torch_threads)
     dist = init_distributed(cfg.model.device, cfg.dist.backend, cfg.dist.timeout_s)
+    trainer = None
     try:
         try:
             trainer = _build(cfg, dist)
@@ -61,9 +70,9 @@ def run(args) -> int:
         if dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.yaml").write_text(to_yaml(cfg))
+        started = time.perf_counter()
         trainer.fit()
-        trainer.logger.info(f"done: {cfg.train.epochs} epochs; outputs in {out}")
-        return 0
+        trainer.logger.info(f"done: {cfg.train.epochs} epochs in {time.perf_counter() - started:.0f} s; outputs in {out}")
     except NonFiniteAbort as err:
         print(f"cxrl train: aborted: {err}", file=sys.stderr)
         return 3
@@ -72,6 +81,30 @@ def run(args) -> int:
         return 1
     finally:
         dist.close()
+    if not (cfg.eval.enabled and dist.is_main):
+        return 0
+    try:
+        _final_evaluation(cfg, trainer, Path(cfg.log.output_dir))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"cxrl train: evaluation error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _final_evaluation(cfg, trainer, out: Path) -> None:
+    """Save the tuned generator, then evaluate it against a fresh load of the base (the untouched anchor)."""
+    from cxrl.diffusion.generator import save_generator
+    from cxrl.rl.components import build_generator
+    from cxrl.rl.demo import comparison_markdown, evaluate_run
+
+    final = save_generator(trainer.gen, out / "final", ace=trainer.policy.ace, overwrite=True)
+    trainer.logger.info(f"tuned generator saved to {final} (LoRA merged, ACE tokens beside it)")
+    base = build_generator(cfg.model, trainer.device, workdir=out / "work" / "rank0")
+    evaluation = evaluate_run(cfg, trainer.gen, ace=trainer.policy.ace, base_gen=base, out_dir=out / cfg.eval.output_subdir,
+                              log=trainer.logger.info)
+    print("\n" + evaluation.table + "\n" + comparison_markdown(evaluation.comparison, cfg.eval.bootstrap), flush=True)
+    trainer.logger.info(f"evaluation took {evaluation.seconds:.0f} s; metrics.json, results.md, comparison.json and "
+                        f"grids/ in {evaluation.out_dir}")
 
 
 def _build(cfg, dist):
