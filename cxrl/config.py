@@ -37,6 +37,9 @@ class ModelConfig:
     lora_alpha: float = opt(4.0, "LoRA scaling numerator (scale = alpha / rank)", lo=0.0, lo_open=True)
     ace_tokens: int = opt(2, "number of adaptive condition embedding tokens appended to the text context; 0 disables ACE", lo=0)
     gradient_checkpointing: bool = opt(False, "recompute UNet activations in the backward pass to save memory")
+    attention: str = opt("auto", "UNet attention backend: 'auto' (per-shape timing on CUDA, SDPA on CPU), 'triton', "
+                         "'xformers', 'sdpa', or 'diffusers' (leave the model's own processors)",
+                         choices=["auto", "triton", "xformers", "sdpa", "diffusers"])
 
 
 @dataclass

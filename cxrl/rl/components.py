@@ -40,7 +40,12 @@ def build_generator(model_cfg, device: torch.device, workdir: str | Path | None 
         path = make_tiny_generator(where, seed=model_cfg.tiny_seed)
     else:
         path = resolve_asset(model_cfg.path)
-    return load_generator(path, device=device, dtype=DTYPES[model_cfg.dtype])
+    gen = load_generator(path, device=device, dtype=DTYPES[model_cfg.dtype])
+    if model_cfg.attention != "diffusers":
+        from cxrl.diffusion.attention import set_attention_backend
+
+        set_attention_backend(gen.unet, model_cfg.attention)
+    return gen
 
 
 @dataclass
