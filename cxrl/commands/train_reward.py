@@ -8,6 +8,7 @@ produced the shipped weights.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -78,7 +79,11 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     t0 = time.perf_counter()
-    data = _load_data(args)
+    try:
+        data = _load_data(args)
+    except (ValueError, FileNotFoundError) as err:  # bad arguments / missing data: a message, not a traceback
+        print(f"cxrl train-reward: {err}", file=sys.stderr)
+        return 2
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     images = data["images"]
     if args.kind == "posture":

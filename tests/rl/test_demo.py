@@ -1,0 +1,186 @@
+"""The embedded demo: `cxrl train` out of the box, its end-of-run evaluation, and the ablation configs.
+
+The fast tests run the real demo path (shipped base generator, shipped reward models, held-out evaluators)
+with tiny overrides; ``test_full_demo_improves`` (``pytest -m slow``) runs the shipped demo as a user would and
+checks that the tuned generator beats the base on the three held-out metrics.
+"""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from cxrl.config import load_config, to_dict
+
+REPO = Path(__file__).resolve().parents[2]
+ABLATIONS = {   # file -> the dotted config keys it changes relative to the demo (plus log.output_dir)
+    "no_ace.yaml": {"model.ace_tokens"},
+    "no_rlcf.yaml": {"rewards.feedback"},
+    "posture_only.yaml": {"rewards.components"},
+    "diagnostic_only.yaml": {"rewards.components"},
+    "consistency_only.yaml": {"rewards.components"},
+}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "kwargs":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_packaged_demo_config_is_the_repo_copy():
+    assert (REPO / "configs" / "demo.yaml").read_text() == (REPO / "cxrl" / "configs" / "demo.yaml").read_text()
+
+
+def test_demo_config_enables_held_out_evaluation():
+    cfg = load_config(None)
+    assert cfg.eval.enabled and cfg.eval.split != cfg.data.split and cfg.eval.samples_per_prompt == 4
+    assert cfg.train.torch_threads >= 1
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_ablation_config_changes_only_its_keys(name):
+    demo = _flat(to_dict(load_config(REPO / "configs" / "demo.yaml")))
+    ablation = _flat(to_dict(load_config(REPO / "configs" / "ablations" / name)))
+    changed = {k for k in demo if demo[k] != ablation[k]}
+    assert changed == ABLATIONS[name] | {"log.output_dir"}
+
+
+def test_single_reward_ablations_keep_one_reward():
+    for kind in ("posture", "diagnostic", "consistency"):
+        cfg = load_config(REPO / "configs" / "ablations" / f"{kind}_only.yaml")
+        assert [e["name"] for e in cfg.rewards.components] == [kind]
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    missing = tmp_path / "child.yaml"
+    missing.write_text("extends: nowhere.yaml\n")
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
+        load_config(missing)
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("extends: b.yaml\n")
+    b.write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        load_config(a)
+    (tmp_path / "sub").mkdir()
+    bad = tmp_path / "sub" / "bad.yaml"
+    bad.write_text("extends: ../demo.yaml\ntrain: {learning_rat: 1.0}\n")
+    (tmp_path / "demo.yaml").write_text((REPO / "configs" / "demo.yaml").read_text())
+    with pytest.raises(ValueError, match="train.learning_rate"):
+        load_config(bad)
+
+
+def test_eval_split_must_be_held_out():
+    with pytest.raises(ValueError, match="eval.split"):
+        load_config(None, ["eval.split=train"])
+    with pytest.raises(ValueError, match="eval.enabled"):
+        load_config(None, ["data.source=file", "data.path=x.txt"])
+
+
+def _scores(posture, consistency, probs):
+    return {"posture": posture, "consistency": consistency, "probs": probs}
+
+
+def test_paired_bootstrap_reference_values():
+    from cxrl.eval.auroc import macro_auroc
+    from cxrl.rl.demo import paired_bootstrap
+
+    g = torch.Generator().manual_seed(0)
+    prompts, per_prompt = 12, 3
+    labels = torch.full((prompts, 14), math.nan, dtype=torch.float64)
+    labels[:, 0] = torch.tensor([1.0, 0.0] * 6)
+    labels[:, 2] = torch.tensor([0.0, 0.0, 1.0] * 4)
+    base = _scores(-torch.rand(prompts, per_prompt, generator=g, dtype=torch.float64),
+                   torch.rand(prompts, per_prompt, generator=g, dtype=torch.float64),
+                   torch.rand(prompts, per_prompt, 14, generator=g, dtype=torch.float64))
+    same = paired_bootstrap(base, base, labels, resamples=50, seed=1)
+    for key in ("posture", "consistency", "auroc"):
+        assert same[key]["diff"] == 0 and same[key]["ci_low"] == 0 and same[key]["ci_high"] == 0
+
+    # tuned = base shifted by a constant: posture/consistency differences are exactly the shift in every
+    # resample; perfectly separating probabilities give AUROC 1 against the macro AUROC of the base
+    separating = labels.nan_to_num(0.5).unsqueeze(1).expand(-1, per_prompt, -1).clone()
+    tuned = _scores(base["posture"] + 0.1, base["consistency"] - 0.05, separating)
+    out = paired_bootstrap(base, tuned, labels, resamples=50, seed=1)
+    assert out["posture"]["diff"] == pytest.approx(0.1) and out["posture"]["std"] == pytest.approx(0.0, abs=1e-12)
+    assert out["consistency"]["ci_high"] == pytest.approx(-0.05)
+    expected_base = macro_auroc(base["probs"].flatten(0, 1), labels.repeat_interleave(per_prompt, 0)).macro
+    assert out["auroc"]["base"] == pytest.approx(expected_base) and out["auroc"]["tuned"] == pytest.approx(1.0)
+    assert out["auroc"]["ci_low"] <= out["auroc"]["diff"] <= out["auroc"]["ci_high"]
+
+
+def test_held_out_items_are_distinct_test_prompts():
+    from cxrl.data.iuxray import IUXrayReports
+    from cxrl.rl.demo import held_out_items
+
+    items = held_out_items("test", 6, seed=3, resolution=32)
+    assert len({i["prompt"] for i in items}) == 6
+    assert all(i["id"].startswith("phantom-test-") and i["image"].shape == (1, 32, 32) for i in items)
+    assert [i["id"] for i in held_out_items("test", 6, seed=3, resolution=32)] == [i["id"] for i in items]
+    distinct = len(set(IUXrayReports(split="test").prompts))
+    with pytest.raises(ValueError, match="eval.num_prompts"):
+        held_out_items("test", distinct + 1, seed=0, resolution=32)
+
+
+def test_reward_models_are_refused_as_evaluators(tmp_path):
+    from cxrl.rl.demo import evaluate_run
+
+    cfg = load_config(None, ["eval.evaluators=" + str(REPO / "cxrl" / "assets" / "rewards")])
+
+    class Shape:   # evaluate_run checks evaluators before sampling anything
+        latent_shape, device, resolution = (1, 32, 32), torch.device("cpu"), (32, 32)
+
+    with pytest.raises(ValueError, match="reward model the RL optimises"):
+        evaluate_run(cfg, Shape(), base_gen=Shape(), out_dir=tmp_path, log=lambda m: None)
+
+
+SMOKE = ["train.epochs=1", "sampling.samples_per_epoch=8", "sampling.batch_size=8", "sampling.num_steps=4",
+         "train.batch_size=4", "train.gradient_accumulation=1", "eval.num_prompts=8", "eval.samples_per_prompt=2",
+         "eval.bootstrap=20", "eval.seed=5", "log.progress=false", "log.sample_every=0", "model.device=cpu"]
+
+
+def test_demo_smoke_through_the_cli(tmp_path, capsys):
+    from cxrl.cli import main
+
+    before = torch.get_num_threads()
+    try:
+        rc = main(["train", "--output", str(tmp_path / "run"), *SMOKE])
+    finally:
+        torch.set_num_threads(before)
+    assert rc == 0
+    eval_dir = tmp_path / "run" / "eval"
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert set(metrics) == {"base", "tuned"}
+    for name in ("base", "tuned"):
+        for key in ("posture", "auroc", "consistency", "fid", "ms_ssim"):
+            assert isinstance(metrics[name][key], float) and math.isfinite(metrics[name][key]), (name, key)
+        assert all("assets/evaluators" in source for source in metrics[name]["evaluators"].values())
+    assert metrics["tuned"]["ace"] and not metrics["base"]["ace"]
+    comparison = json.loads((eval_dir / "comparison.json").read_text())["comparison"]
+    for key in ("posture", "auroc", "consistency"):
+        entry = comparison[key]
+        assert entry["diff"] == pytest.approx(metrics["tuned"][key] - metrics["base"][key], abs=1e-9)
+    assert (eval_dir / "grids" / "comparison.png").is_file() and (tmp_path / "run" / "final" / "unet").is_dir()
+    out = capsys.readouterr()
+    assert "| base |" in out.out and "| tuned |" in out.out and "Tuned − base" in out.out
+    assert "held-out evaluators" in out.err and "not the reward models" in out.err
+
+
+@pytest.mark.slow
+def test_full_demo_improves(tmp_path):
+    """The shipped demo exactly as `cxrl train` runs it: tuned beats base on the held-out evaluators."""
+    from cxrl.cli import main
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["train", "--output", str(tmp_path / "demo")]) == 0
+    finally:
+        torch.set_num_threads(before)
+    comparison = json.loads((tmp_path / "demo" / "eval" / "comparison.json").read_text())["comparison"]
+    for key in ("posture", "auroc", "consistency"):
+        assert comparison[key]["diff"] > 0, (key, comparison[key])
