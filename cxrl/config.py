@@ -165,10 +165,10 @@ class Config:
         if t.advantage == "group" and s.group_size < 2:
             raise ValueError("train.advantage 'group' needs sampling.group_size >= 2 (images per prompt per epoch)")
         if self.eval.enabled:
-            if self.data.source not in ("phantom", "iu_xray"):
-                raise ValueError(f"eval.enabled evaluates on the phantom world's held-out IU X-ray reports; data.source "
-                                 f"{self.data.source!r} needs `cxrl evaluate` on its own data (set eval.enabled=false)")
-            if self.eval.split == self.data.split:
+            if self.data.source == "mimic":
+                raise ValueError("eval.enabled evaluates on the phantom world's held-out IU X-ray reports with the phantom "
+                                 "evaluators; a data.source 'mimic' run needs `cxrl evaluate --data mimic` (set eval.enabled=false)")
+            if self.data.source in ("phantom", "iu_xray") and self.eval.split == self.data.split:
                 raise ValueError(f"eval.split ({self.eval.split!r}) must differ from data.split: the evaluation prompts "
                                  "must be held out from the RL prompts")
         if not self.rewards.components:

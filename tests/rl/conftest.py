@@ -30,7 +30,7 @@ def tiny_overrides(gen_dir, out_dir, epochs=2, extra=()):
         f"train.epochs={epochs}", "train.batch_size=1", "train.gradient_accumulation=2", "train.advantage=group",
         "train.timestep_fraction=0.67", "train.learning_rate=1e-3", "train.clip_range=0.2",
         f"log.output_dir={out_dir}", "log.progress=false", "log.sample_every=1", "log.sample_count=4",
-        "checkpoint.every=1", "checkpoint.keep=2", *extra,
+        "checkpoint.every=1", "checkpoint.keep=2", "eval.enabled=false", *extra,
     ]
 
 

@@ -79,7 +79,8 @@ def test_eval_split_must_be_held_out():
     with pytest.raises(ValueError, match="eval.split"):
         load_config(None, ["eval.split=train"])
     with pytest.raises(ValueError, match="eval.enabled"):
-        load_config(None, ["data.source=file", "data.path=x.txt"])
+        load_config(None, ["data.source=mimic", "data.path=/data/mimic"])
+    assert load_config(None, ["data.source=mimic", "data.path=/data/mimic", "eval.enabled=false"]).eval.enabled is False
 
 
 def _scores(posture, consistency, probs):
