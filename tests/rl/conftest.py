@@ -22,7 +22,7 @@ def subprocess_env() -> dict:
 def tiny_overrides(gen_dir, out_dir, epochs=2, extra=()):
     """A run small enough for a CPU test: 4 images/epoch, 3 DDIM steps, two cheap custom rewards."""
     return [
-        f"model.path={gen_dir}", "model.device=cpu", "model.lora_rank=2", "model.ace_tokens=2",
+        f"model.path={gen_dir}", "model.device=cpu", "model.finetune=lora", "model.lora_rank=2", "model.ace_tokens=2",
         "sampling.num_steps=3", "sampling.batch_size=2", "sampling.samples_per_epoch=4", "sampling.group_size=2",
         "sampling.guidance_scale=2.0",
         "rewards.components=[{name: bright, callable: 'tiny_rewards:brightness'}, "
