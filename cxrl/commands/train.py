@@ -98,7 +98,9 @@ def _final_evaluation(cfg, trainer, out: Path) -> None:
     from cxrl.rl.demo import comparison_markdown, evaluate_run
 
     final = save_generator(trainer.gen, out / "final", ace=trainer.policy.ace, overwrite=True)
-    trainer.logger.info(f"tuned generator saved to {final} (LoRA merged, ACE tokens beside it)")
+    what = "full UNet weights" if cfg.model.finetune == "full" else "LoRA merged into the UNet"
+    ace = ", ACE tokens in ace/" if trainer.policy.ace is not None else ""
+    trainer.logger.info(f"tuned generator saved to {final} ({what}{ace})")
     base = build_generator(cfg.model, trainer.device, workdir=out / "work" / "rank0")
     evaluation = evaluate_run(cfg, trainer.gen, ace=trainer.policy.ace, base_gen=base, out_dir=out / cfg.eval.output_subdir,
                               log=trainer.logger.info)
