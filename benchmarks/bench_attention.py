@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .harness import CaseResult, Timing, append_csv, case_main, single_thread_on_cpu, time_side_by_side
+from .harness import CaseResult, Timing, case_main, single_thread_on_cpu, time_side_by_side
 
 CASE = "attention"
 

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from .harness import CaseResult, Timing, append_csv, case_main, single_thread_on_cpu, time_side_by_side
+from .harness import CaseResult, Timing, case_main, single_thread_on_cpu, time_side_by_side
 
 CASE = "ddim_step"
 SHAPES = {"sd-32x4x64x64": (32, 4, 64, 64), "pixel-32x1x64x64": (32, 1, 64, 64)}

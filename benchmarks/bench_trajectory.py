@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .harness import CaseResult, append_csv, case_main, single_thread_on_cpu, time_side_by_side
+from .harness import CaseResult, case_main, time_side_by_side
 from cxrl.trajectory import AdvantageTracker, TrajectoryStore
 
 ROLLOUT_BATCH, TRAIN_BATCH, NUM_PROMPTS = 64, 32, 32

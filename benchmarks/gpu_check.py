@@ -93,7 +93,7 @@ def check_eager_baseline_step(device: torch.device) -> None:
     from cxrl.diffusion.ddim import ddim_step_with_logprob
     from diffusers import DDIMScheduler
 
-    from .bench_rl_epoch import eager_recompute_log_prob, eager_sampling_step
+    from .eager_ddpo import eager_recompute_log_prob, eager_sampling_step
 
     sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                           set_alpha_to_one=False, steps_offset=1)

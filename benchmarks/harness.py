@@ -198,3 +198,17 @@ def case_main(run: Callable[[str], list[CaseResult]], description: str, argv: li
             print("  ->", append_csv(result))
         print(result.table())
     return 0
+
+
+def synced_clock(device) -> Callable[[], float]:
+    """A ``perf_counter`` that first waits for queued CUDA work when ``device`` is a GPU."""
+    cuda = str(device).startswith("cuda")
+
+    def now() -> float:
+        if cuda:
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    return now

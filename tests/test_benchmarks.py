@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import bench_attention, bench_ddim_step, bench_rewards, bench_rl_epoch, bench_trajectory, runner
+from benchmarks import bench_attention, bench_ddim_step, bench_rewards, bench_rl_epoch, bench_trajectory, eager_ddpo, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PIXEL = dataclasses.replace(bench_rl_epoch.SETTINGS["cpu"], name="tiny-pixel", latent=16, samples=4,
@@ -36,13 +36,13 @@ def test_eager_ddpo_steps_compute_what_cxrl_computes():
     g = torch.Generator().manual_seed(3)
     guided, x = torch.randn(3, 4, 5, 6, generator=g), torch.randn(3, 4, 5, 6, generator=g)
     for t in (scheduler.timesteps[0], scheduler.timesteps[4], scheduler.timesteps[-1]):   # incl. the final step
-        prev_e, lp_e = bench_rl_epoch.eager_sampling_step(scheduler, guided, t, x, 1.0, torch.Generator().manual_seed(7))
+        prev_e, lp_e = eager_ddpo.eager_sampling_step(scheduler, guided, t, x, 1.0, torch.Generator().manual_seed(7))
         prev_c, lp_c = ddim_step_with_logprob(scheduler, guided, int(t), x, 1.0, generator=torch.Generator().manual_seed(7))
         torch.testing.assert_close(prev_e, prev_c, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(lp_e, lp_c, rtol=1e-4, atol=1e-4)
     per_sample_t = scheduler.timesteps[[0, 5, 9]]
     prev = torch.randn(3, 4, 5, 6, generator=g) * 0.1 + x
-    lp_e = bench_rl_epoch.eager_recompute_log_prob(scheduler, guided, per_sample_t, x, prev, 1.0)
+    lp_e = eager_ddpo.eager_recompute_log_prob(scheduler, guided, per_sample_t, x, prev, 1.0)
     lp_c = ddim_step_with_logprob(scheduler, guided, per_sample_t, x, 1.0, prev_sample=prev)[1]
     torch.testing.assert_close(lp_e, lp_c, rtol=1e-4, atol=1e-3)
 

@@ -14,7 +14,6 @@ import gzip
 import io
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cxrl.data.image_cache import DONE, FAILED, open_image_cache, prepare_image_cache

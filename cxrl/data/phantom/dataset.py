@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cxrl.data.labels import labels_to_tensor
 from cxrl.data.phantom.posture import sample_posture
 from cxrl.data.phantom.render import render_phantom
 
