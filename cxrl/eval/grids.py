@@ -34,8 +34,21 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array[0], mode="L") if array.shape[0] == 1 else Image.fromarray(np.transpose(array, (1, 2, 0)), mode="RGB")
 
 
+_FONT = None
+
+
 def _font():
-    return ImageFont.load_default()
+    """DejaVu Sans from matplotlib's own font files (a dependency, so always on disk); PIL's built-in
+    font only as a fallback — its space glyph is so narrow that captions read as run-together words."""
+    global _FONT
+    if _FONT is None:
+        try:
+            from matplotlib import font_manager
+
+            _FONT = ImageFont.truetype(font_manager.findfont("DejaVu Sans", fallback_to_default=True), 10)
+        except (ImportError, OSError, ValueError):
+            _FONT = ImageFont.load_default()
+    return _FONT
 
 
 def _wrap(text: str, width_px: int, max_lines: int) -> list[str]:
