@@ -94,7 +94,7 @@ void TrajectoryArena::write_latents(int64_t start, int64_t count, int64_t slot, 
   const int64_t row = latent_bytes();
   const int64_t stride = (t_ + 1) * row;
   unsigned char* dst = latents() + start * stride + slot * row;
-  parallel_for(count, count * row >= (1 << 20) ? threads : 1, [&](int64_t b, int64_t e) {
+  parallel_for(count, count * row >= kParallelCopyBytes ? threads : 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) std::memcpy(dst + i * stride, src + i * row, row);
   });
 }
@@ -141,7 +141,7 @@ void TrajectoryArena::gather(const int64_t* samples, const int64_t* steps, int64
   const int64_t stride = (t_ + 1) * row;
   const unsigned char* lat = latents();
   // x_t and x_prev are adjacent in the arena (slots t and t+1), so each row is one read stream.
-  parallel_for(count, count * row >= (1 << 19) ? threads : 1, [&](int64_t b, int64_t e) {
+  parallel_for(count, 2 * count * row >= kParallelCopyBytes ? threads : 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const unsigned char* src = lat + samples[i] * stride + steps[i] * row;
       std::memcpy(x_t + i * row, src, row);

@@ -47,6 +47,11 @@ class SplitMix64 {
   uint64_t state_;
 };
 
+// Copies below this many bytes stay on the calling thread. Measured on a 2-vCPU VM (docs/benchmarks.md):
+// a 1 MB gather took 54 us on one thread and 88 us on two (the spawn costs more than it saves), a 4 MB
+// one 150 us either way (memory-bound); threads only pay off on copies well above that.
+constexpr int64_t kParallelCopyBytes = int64_t(1) << 23;
+
 // Splits [0, n) into up to `threads` contiguous chunks and runs fn(begin, end) on each; the calling
 // thread takes the first chunk. Small jobs stay single-threaded: spawning costs ~20-50 us a thread.
 template <typename Fn>

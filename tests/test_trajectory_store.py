@@ -140,17 +140,24 @@ def test_num_trained_steps_is_immune_to_float_noise():
 
 
 def test_views_are_zero_copy_and_threaded_gather_matches():
-    store = TrajectoryStore(64, 3, (4, 32, 32), 1, threads=4)
+    # 256 rows x 32 KiB: the batched write (8 MiB) and the gather (2 x 8 MiB) both cross the C++
+    # multi-thread threshold (kParallelCopyBytes, 8 MiB), so the threaded paths are the ones compared
+    shape, n = (8, 32, 32), 256
+    store = TrajectoryStore(n, 2, shape, 1, threads=4)
     assert store.latents.data_ptr() == store._arena.data_ptr  # the view is the arena
+    x = torch.randn(n, *shape)
+    store.write_step(1, 0, x, torch.randn(n), 7)  # threaded batched write
+    assert torch.equal(store.latents[:, 2], x)
     store.latents.copy_(torch.randn(store.latents.shape))  # writing through the view is visible to C++
-    store.advantages.copy_(torch.randn(64))
-    one = TrajectoryStore(64, 3, (4, 32, 32), 1, threads=1)
+    store.advantages.copy_(torch.randn(n))
+    one = TrajectoryStore(n, 2, shape, 1, threads=1)
     one.latents.copy_(store.latents)
     one.advantages.copy_(store.advantages)
-    plan = store.plan(64, seed=5)  # 64 rows x 16 KiB crosses the multi-thread threshold
+    plan = store.plan(n, seed=5)
     for a, b in zip(store.minibatches(plan), one.minibatches(plan)):
         assert torch.equal(a.x_t, b.x_t) and torch.equal(a.x_prev, b.x_prev)
         assert torch.equal(a.x_t, store.latents[a.sample_idx, a.step_idx])
+        assert torch.equal(a.x_prev, store.latents[a.sample_idx, a.step_idx + 1])
         assert torch.equal(a.advantages, store.advantages[a.sample_idx])
 
 
