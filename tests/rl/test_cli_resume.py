@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from conftest import REPO, subprocess_env, tiny_overrides
+from rl_run_helpers import REPO, subprocess_env, tiny_overrides
 from cxrl.rl import checkpoint as ck
 
 PROMPTS = "small left pleural effusion\nno acute cardiopulmonary process\nmild cardiomegaly\n"

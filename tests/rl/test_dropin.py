@@ -15,7 +15,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import REPO, subprocess_env
+from rl_run_helpers import REPO, subprocess_env
 from cxrl.config import load_config
 from cxrl.diffusion.generator import load_generator
 from cxrl.diffusion.rollout import sample_images

@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from conftest import REPO, subprocess_env, tiny_overrides
+from rl_run_helpers import REPO, subprocess_env, tiny_overrides
 from cxrl.rl import checkpoint as ck
 
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from rl_run_helpers import tiny_overrides
 from cxrl.config import Config, apply_overrides
 from cxrl.diffusion.rollout import recompute_log_prob
 from cxrl.rl import checkpoint as ck
