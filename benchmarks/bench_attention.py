@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .harness import CaseResult, Timing, case_main, single_thread_on_cpu, time_side_by_side
+from .harness import CaseResult, Timing, case_main, device_for_size, single_thread_on_cpu, time_side_by_side
 
 CASE = "attention"
 
@@ -129,11 +129,7 @@ def _case(shape: Shape, device: str, dtype: torch.dtype, backward: bool, reps: i
 
 def run(size: str = "cpu") -> list[CaseResult]:
     """``cpu``: SDPA vs the torch reference at small fp32 shapes; ``gpu``: SD shapes, fp16, with Triton."""
-    if size not in ("cpu", "gpu"):
-        raise ValueError(f"size {size!r} must be 'cpu' or 'gpu'")
-    if size == "gpu" and not torch.cuda.is_available():
-        raise RuntimeError("size='gpu' needs a CUDA device; use size='cpu' here")
-    device = "cuda" if size == "gpu" else "cpu"
+    device = device_for_size(size)
     dtype = torch.float16 if device == "cuda" else torch.float32
     shapes = gpu_shapes() if device == "cuda" else cpu_shapes()
     reps, inner = (10, 20) if device == "cuda" else (7, 1)

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from .harness import CaseResult, Timing, case_main, single_thread_on_cpu, time_side_by_side
+from .harness import CaseResult, Timing, case_main, device_for_size, single_thread_on_cpu, time_side_by_side
 
 CASE = "ddim_step"
 SHAPES = {"sd-32x4x64x64": (32, 4, 64, 64), "pixel-32x1x64x64": (32, 1, 64, 64)}
@@ -181,11 +181,7 @@ def _case(name, shape, device, reps, inner):
 
 def run(size: str = "cpu") -> list[CaseResult]:
     """``cpu``: both shapes on the CPU (reference path vs eager); ``gpu``: both shapes on CUDA with Triton."""
-    if size not in ("cpu", "gpu"):
-        raise ValueError(f"size {size!r} must be 'cpu' or 'gpu'")
-    if size == "gpu" and not torch.cuda.is_available():
-        raise RuntimeError("size='gpu' needs a CUDA device; use size='cpu' here")
-    device = "cuda" if size == "gpu" else "cpu"
+    device = device_for_size(size)
     reps, inner = (20, 200) if device == "cuda" else (30, 1)
     with single_thread_on_cpu(device):
         with torch.no_grad():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .harness import CaseResult, case_main, single_thread_on_cpu, time_side_by_side   # relative: also cxrl.benchmarks
+from .harness import CaseResult, case_main, device_for_size, single_thread_on_cpu, time_side_by_side   # relative: also cxrl.benchmarks
 
 SIZES = {
     # batch, resolution, unet widths, ddim steps, batches per epoch, epochs (cache case), seeds per prompt
@@ -84,7 +84,7 @@ def _run(size: str) -> list[CaseResult]:
     from cxrl.rewards import AnchorScoreCache, AsyncScorer, RewardSuite, SeedBank, noise_for
 
     cfg = SIZES[size]
-    device = "cuda" if size == "gpu" and torch.cuda.is_available() else "cpu"
+    device = device_for_size(size)
     sampler = UNetSampler(cfg["res"], cfg["widths"], cfg["steps"], device)
     shape = (1, cfg["res"], cfg["res"])
     n = cfg["batch"] * cfg["batches"]
@@ -137,7 +137,7 @@ def _run(size: str) -> list[CaseResult]:
 def run(size: str = "cpu") -> list[CaseResult]:
     # one intra-op thread per thread on the CPU, as the other cases: two contended torch pools on a loaded
     # 2-core machine measure oversubscription, and the overlap's scoring thread needs a core of its own
-    with single_thread_on_cpu("cuda" if size == "gpu" and torch.cuda.is_available() else "cpu"):
+    with single_thread_on_cpu(device_for_size(size)):
         return _run(size)
 
 

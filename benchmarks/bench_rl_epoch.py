@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .eager_ddpo import EagerEpoch
-from .harness import CaseResult, case_main, single_thread_on_cpu, synced_clock, time_side_by_side
+from .harness import CaseResult, case_main, device_for_size, single_thread_on_cpu, synced_clock, time_side_by_side
 
 CASE = "rl_epoch"
 
@@ -317,11 +317,7 @@ def _result(s, device, timings, eager, cxrl_metrics, bare, rows) -> CaseResult:
 
 def run(size: str = "cpu") -> list[CaseResult]:
     """``cpu``: the tiny pixel setting on the CPU, one intra-op thread; ``gpu``: the SD-1.5 shape on CUDA."""
-    if size not in SETTINGS:
-        raise ValueError(f"size {size!r} must be one of {sorted(SETTINGS)}")
-    if size == "gpu" and not torch.cuda.is_available():
-        raise RuntimeError("size='gpu' needs a CUDA device; use size='cpu' here")
-    device = "cuda" if size == "gpu" else "cpu"
+    device = device_for_size(size)
     with single_thread_on_cpu(device), tempfile.TemporaryDirectory(prefix="cxrl-bench-rl-") as work:
         return [run_setting(SETTINGS[size], device, Path(work))]
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .harness import CaseResult, case_main, time_side_by_side
+from .harness import CaseResult, case_main, device_for_size, time_side_by_side
 from cxrl.trajectory import AdvantageTracker, TrajectoryStore
 
 ROLLOUT_BATCH, TRAIN_BATCH, NUM_PROMPTS = 64, 32, 32
@@ -241,11 +241,7 @@ def run_case(w: Workload) -> list[CaseResult]:
 
 
 def run(size: str = "cpu") -> list[CaseResult]:
-    if size not in ("cpu", "gpu"):
-        raise ValueError(f"size must be 'cpu' or 'gpu', got {size!r}")
-    device = "cpu" if size == "cpu" else "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("bench_trajectory size='gpu' needs a CUDA device")
+    device = device_for_size(size)
     cases = [Workload(256, 50, (1, 64, 64), device, reps=5, warmup=1),
              Workload(256, 50, (4, 64, 64), device, reps=3, warmup=1)]
     results = []

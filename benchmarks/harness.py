@@ -212,3 +212,16 @@ def synced_clock(device) -> Callable[[], float]:
         return time.perf_counter()
 
     return now
+
+
+def device_for_size(size: str) -> str:
+    """``'cpu'`` or ``'cuda'`` for a case's ``size``; a GPU size without a GPU is an error, not a silent CPU run."""
+    if size not in ("cpu", "gpu"):
+        raise ValueError(f"size {size!r} must be 'cpu' or 'gpu'")
+    if size == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("size='gpu' needs a CUDA device; use size='cpu' here")
+        return "cuda"
+    return "cpu"

@@ -142,3 +142,15 @@ def test_gpu_check_rl_epoch_checks_run_on_the_cpu(capsys, one_thread):
     out = capsys.readouterr().out
     assert gpu_check.FAILURES == [], out
     assert out.count("[ok]") == 2
+
+
+def test_gpu_size_without_cuda_is_an_error_not_a_silent_cpu_run():
+    from benchmarks.harness import device_for_size
+
+    assert device_for_size("cpu") == "cpu"
+    with pytest.raises(ValueError, match="'tpu'"):
+        device_for_size("tpu")
+    if not torch.cuda.is_available():
+        for case in (bench_attention, bench_ddim_step, bench_rewards, bench_rl_epoch, bench_trajectory):
+            with pytest.raises(RuntimeError, match="CUDA"):
+                case.run("gpu")

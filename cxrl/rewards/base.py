@@ -11,6 +11,7 @@ CXR reward models work on one channel: a 3-channel image is converted by ITU-R B
 """
 from __future__ import annotations
 
+import abc
 import math
 from typing import Sequence
 
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
 
 
-class RewardModel:
+class RewardModel(abc.ABC):
     """Base class of a reward: subclass it for stateful rewards (loaded once, moved to the device).
 
     Subclasses implement :meth:`score` (called under ``torch.no_grad``) and may override :meth:`to`
@@ -30,6 +31,7 @@ class RewardModel:
 
     name: str = "reward"
     comparative: bool = True
+    strict: bool = False   # True: a non-finite reward is an error; False: it is reported and excluded later
 
     def __init__(self, name: str | None = None, comparative: bool | None = None):
         if name is not None:
@@ -45,8 +47,9 @@ class RewardModel:
                 value.to(self.device)
         return self
 
+    @abc.abstractmethod
     def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> torch.Tensor:
-        raise NotImplementedError(f"reward '{self.name}': subclasses of RewardModel implement score()")
+        """Rewards ``[B]`` for ``images [B, C, H, W]`` in [0, 1], their prompts and metadata."""
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict] | None = None) -> torch.Tensor:
         prompts = list(prompts)
@@ -54,7 +57,7 @@ class RewardModel:
         check_reward_inputs(self.name, images, prompts, metadata)
         with torch.no_grad():
             out = self.score(images, prompts, metadata)
-        return check_reward_output(self.name, out, images.shape[0], images.device, require_finite=False)
+        return check_reward_output(self.name, out, images.shape[0], images.device, require_finite=self.strict)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, comparative={self.comparative})"

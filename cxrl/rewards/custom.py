@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from cxrl.rewards.base import RewardModel, check_reward_inputs, check_reward_output
+from cxrl.rewards.base import RewardModel
 
 
 class FunctionReward(RewardModel):
@@ -37,17 +37,13 @@ class FunctionReward(RewardModel):
         self.strict = strict
         self.last_info: dict = {}
 
-    def __call__(self, images, prompts, metadata=None) -> torch.Tensor:
-        prompts = list(prompts)
-        metadata = list(metadata) if metadata is not None else [{} for _ in prompts]
-        check_reward_inputs(self.name, images, prompts, metadata)
-        with torch.no_grad():
-            out = self.fn(images, prompts, metadata)
+    def score(self, images, prompts, metadata) -> torch.Tensor:
+        out = self.fn(images, prompts, metadata)
         if isinstance(out, tuple):
             if len(out) != 2 or not isinstance(out[1], dict):
                 raise ValueError(f"reward '{self.name}' returned a tuple; expected (FloatTensor [B], info dict)")
             out, self.last_info = out
-        return check_reward_output(self.name, out, images.shape[0], images.device, require_finite=self.strict)
+        return out
 
 
 def _resolve(spec: str):
