@@ -113,13 +113,17 @@ class EvalConfig:
     enabled: bool = opt(False, "after training, sample the base and the tuned generator on held-out phantom-world prompts "
                         "from the same initial noises and score both with the held-out evaluators (never the reward models)")
     split: str = opt("test", "report split of the held-out prompts; must differ from data.split", choices=["train", "validate", "test"])
-    num_prompts: int = opt(48, "held-out prompts evaluated", lo=2)
+    num_prompts: int = opt(48, "held-out prompts evaluated (0 = every distinct prompt of eval.split)", lo=0)
     samples_per_prompt: int = opt(4, "samples per prompt (the MS-SSIM protocol uses 4: 6 pairs)", lo=1)
     seed: int = opt(1234, "seed of the prompt choice and the evaluation initial noises (apart from train.seed)", lo=0)
     batch_size: int = opt(16, "images per sampling / scoring batch", lo=1)
     evaluators: str = opt("", "directory with posture/ diagnostic/ consistency/ evaluators ('' = cxrl/assets/evaluators)")
+    min_label_prompts: int = opt(3, "a label enters the macro AUROC only with at least this many positive and as many "
+                                 "negative held-out prompts (1 = every label with both classes; both are reported)", lo=1)
     bootstrap: int = opt(1000, "bootstrap resamples of the prompts for the tuned-minus-base confidence intervals (0 = none)", lo=0)
     output_subdir: str = opt("eval", "where the evaluation goes, relative to log.output_dir")
+    torch_threads: int = opt(0, "intra-op CPU threads for the evaluation (0 = as in training, train.torch_threads); "
+                               "it samples with no scorer thread beside it, so it can use more cores than training", lo=0)
 
 
 @dataclass
@@ -168,6 +172,8 @@ class Config:
             if self.data.source == "mimic":
                 raise ValueError("eval.enabled evaluates on the phantom world's held-out IU X-ray reports with the phantom "
                                  "evaluators; a data.source 'mimic' run needs `cxrl evaluate --data mimic` (set eval.enabled=false)")
+            if self.eval.num_prompts == 1:
+                raise ValueError("eval.num_prompts must be 0 (every distinct prompt of eval.split) or >= 2")
             if self.data.source in ("phantom", "iu_xray") and self.eval.split == self.data.split:
                 raise ValueError(f"eval.split ({self.eval.split!r}) must differ from data.split: the evaluation prompts "
                                  "must be held out from the RL prompts")

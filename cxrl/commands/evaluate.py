@@ -38,6 +38,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5, as in training)")
     parser.add_argument("--eta", type=float, default=1.0, help="DDIM eta (default 1: the stochastic policy RL trains)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per sampling / scoring batch")
+    parser.add_argument("--min-label-prompts", type=int, default=3,
+                        help="a label enters the macro AUROC only with at least this many positive and as many negative "
+                             "prompts (default 3; 1 = every label with both classes, also reported as auroc_all_labels)")
     parser.add_argument("--no-ace", action="store_true", help="ignore ACE tokens saved with --model (the w/o-ACE view)")
     parser.add_argument("--evaluators", type=Path, help="root with posture/ diagnostic/ consistency/ (default: shipped)")
     for kind in ("posture", "diagnostic", "consistency"):
@@ -109,6 +112,8 @@ def run(args) -> int:
     from cxrl.eval.report import table_notes
     from cxrl.eval.tables import markdown_table
 
+    if args.min_label_prompts < 1:
+        raise ValueError(f"--min-label-prompts must be >= 1, got {args.min_label_prompts}")
     settings = SamplingSettings(samples_per_prompt=args.samples_per_prompt, num_steps=args.steps,
                                 guidance_scale=args.guidance, eta=args.eta, seed=args.seed,
                                 batch_size=args.batch_size).validate()
@@ -129,7 +134,7 @@ def run(args) -> int:
     model_dirs = {"tuned": str(args.model), **({"base": str(args.baseline)} if args.baseline is not None else {})}
     extra = {"data": args.data, "split": args.split, "model_dirs": model_dirs}
     results = evaluate_models(models, items, evaluators, extractor, aces=aces, settings=settings,
-                              out_dir=args.out, extra=extra)
+                              out_dir=args.out, extra=extra, min_label_prompts=args.min_label_prompts)
     print(markdown_table(results, table_notes(results)), end="")
     print(f"cxrl evaluate: wrote metrics.json, run.json, results.md and grids/ in {args.out}")
     return 0

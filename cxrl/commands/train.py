@@ -5,8 +5,8 @@
 
 ``--resume DIR`` continues the run in DIR from its newest complete checkpoint, with the config the run
 was started with (``DIR/config.yaml``) unless ``--config`` is given; overrides apply on top.
-With ``eval.enabled`` (on in the demo config) the run ends by saving the tuned generator to ``<output>/final``
-and evaluating base vs tuned on held-out prompts with the held-out evaluators (:func:`cxrl.rl.demo.evaluate_run`):
+Every finished run saves the tuned generator to ``<output>/final`` (diffusers layout, ACE tokens in ``ace/``).
+With ``eval.enabled`` (on in the demo config) it then evaluates base vs tuned on held-out prompts with the held-out evaluators (:func:`cxrl.rl.demo.evaluate_run`):
 the paper-layout table is printed and metrics.json / results.md / comparison.json / grids go to ``<output>/eval``.
 Exit codes: 0 done, 2 bad config/missing input, 3 aborted on repeated non-finite updates, 1 other error.
 """
@@ -81,26 +81,39 @@ def run(args) -> int:
         return 1
     finally:
         dist.close()
-    if not (cfg.eval.enabled and dist.is_main):
+    if not dist.is_main:
+        return 0
+    final = _save_final(cfg, trainer, Path(cfg.log.output_dir))
+    if not cfg.eval.enabled:
         return 0
     try:
-        _final_evaluation(cfg, trainer, Path(cfg.log.output_dir))
+        _final_evaluation(cfg, trainer, final.parent)
     except (ValueError, FileNotFoundError) as err:
         print(f"cxrl train: evaluation error: {err}", file=sys.stderr)
         return 2
     return 0
 
 
-def _final_evaluation(cfg, trainer, out: Path) -> None:
-    """Save the tuned generator, then evaluate it against a fresh load of the base (the untouched anchor)."""
+def _save_final(cfg, trainer, out: Path) -> Path:
+    """The tuned generator in the diffusers layout at ``<out>/final`` (what ``cxrl sample`` / ``cxrl evaluate`` load)."""
     from cxrl.diffusion.generator import save_generator
-    from cxrl.rl.components import build_generator
-    from cxrl.rl.demo import comparison_markdown, evaluate_run
 
     final = save_generator(trainer.gen, out / "final", ace=trainer.policy.ace, overwrite=True)
     what = "full UNet weights" if cfg.model.finetune == "full" else "LoRA merged into the UNet"
     ace = ", ACE tokens in ace/" if trainer.policy.ace is not None else ""
     trainer.logger.info(f"tuned generator saved to {final} ({what}{ace})")
+    return final
+
+
+def _final_evaluation(cfg, trainer, out: Path) -> None:
+    """Evaluate the tuned generator against a fresh load of the base (the untouched anchor)."""
+    from cxrl.rl.components import build_generator
+    from cxrl.rl.demo import comparison_markdown, evaluate_run
+
+    if cfg.eval.torch_threads:
+        import torch
+
+        torch.set_num_threads(cfg.eval.torch_threads)
     base = build_generator(cfg.model, trainer.device, workdir=out / "work" / "rank0")
     evaluation = evaluate_run(cfg, trainer.gen, ace=trainer.policy.ace, base_gen=base, out_dir=out / cfg.eval.output_subdir,
                               log=trainer.logger.info)

@@ -2,7 +2,10 @@
 
 Convention: for each label, only images whose report states the label as positive (1) or negative (0)
 count; uncertain (-1) and unmentioned (NaN) entries are excluded. A label enters the macro average only
-if both classes remain. AUROC is the Mann–Whitney statistic P(score_pos > score_neg) + 0.5 P(tie),
+if both classes remain, and, when the caller asks for it (``columns`` from :func:`supported_label_columns`),
+only if it has enough positive and negative prompts: a label stated positive by one prompt makes its AUROC
+a verdict on that prompt's few images, and with a dozen labels in the macro mean such labels dominate the
+noise of a small held-out set (CheXpert reports its five best-supported labels for the same reason). AUROC is the Mann–Whitney statistic P(score_pos > score_neg) + 0.5 P(tie),
 computed from average ranks, so ties are handled exactly and any monotone transform of the scores
 (logits vs probabilities) gives the same value.
 """
@@ -58,13 +61,27 @@ class MacroAUROC:
     macro: float
     per_label: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)   # left out by ``columns`` (too few prompts)
 
 
-def macro_auroc(scores: torch.Tensor, labels: torch.Tensor, label_names: list[str] | None = None) -> MacroAUROC:
+def supported_label_columns(labels: torch.Tensor, min_count: int) -> list[int]:
+    """Columns of ``labels [N, L]`` with at least ``min_count`` positive (1) and ``min_count`` negative (0)
+    rows — pass the per-*prompt* labels, so the count is of prompts, not of images."""
+    labels = torch.as_tensor(labels).detach().cpu().double()
+    if labels.dim() != 2:
+        raise ValueError(f"labels must be [N, L], got shape {tuple(labels.shape)}")
+    if int(min_count) < 1:
+        raise ValueError(f"min_count must be >= 1, got {min_count}")
+    positives, negatives = (labels == 1).sum(dim=0), (labels == 0).sum(dim=0)
+    return [c for c in range(labels.shape[1]) if int(positives[c]) >= min_count and int(negatives[c]) >= min_count]
+
+
+def macro_auroc(scores: torch.Tensor, labels: torch.Tensor, label_names: list[str] | None = None,
+                columns=None) -> MacroAUROC:
     """Macro AUROC of ``scores [N, L]`` against report ``labels [N, L]`` (1 pos, 0 neg, -1 uncertain,
     NaN unmentioned). Labels without both classes, or whose scores are not finite (the classifier has
-    no output for them), are skipped and listed in ``skipped``; the macro value is NaN when no label
-    qualifies."""
+    no output for them), are skipped and listed in ``skipped``; labels outside ``columns`` (None: all)
+    are listed in ``excluded``; the macro value is NaN when no label qualifies."""
     scores = torch.as_tensor(scores).detach().cpu().double()
     labels = torch.as_tensor(labels).detach().cpu().double()
     if scores.dim() != 2 or scores.shape != labels.shape:
@@ -74,7 +91,11 @@ def macro_auroc(scores: torch.Tensor, labels: torch.Tensor, label_names: list[st
         raise ValueError(f"label_names has {len(names)} entries for {scores.shape[1]} score columns")
     per_label: dict[str, float] = {}
     skipped: list[str] = []
+    wanted = set(range(scores.shape[1])) if columns is None else {int(c) for c in columns}
+    excluded = [name for col, name in enumerate(names) if col not in wanted]
     for col, name in enumerate(names):
+        if col not in wanted:
+            continue
         target = labels[:, col]
         known = (target == 0) | (target == 1)  # NaN compares False: unmentioned drops out here too
         column = scores[known, col]
@@ -86,4 +107,4 @@ def macro_auroc(scores: torch.Tensor, labels: torch.Tensor, label_names: list[st
         else:
             per_label[name] = value
     macro = sum(per_label.values()) / len(per_label) if per_label else math.nan
-    return MacroAUROC(macro=macro, per_label=per_label, skipped=skipped)
+    return MacroAUROC(macro=macro, per_label=per_label, skipped=skipped, excluded=excluded)

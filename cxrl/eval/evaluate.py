@@ -14,8 +14,8 @@ import torch
 
 from cxrl.eval.evaluators import Evaluators
 from cxrl.eval.fid import XRV_DEFAULT_WEIGHTS, ClassifierFeatures, XRVDenseNetFeatures, extract_features
-from cxrl.eval.report import write_report
-from cxrl.eval.scoring import reference_images, score_samples
+from cxrl.eval.report import showcase_order, write_report
+from cxrl.eval.scoring import item_labels, reference_images, score_samples
 
 
 FID_FEATURE_CHOICES = ("auto", "evaluator", "xrv", "none")
@@ -110,14 +110,15 @@ def generate_samples(gen, prompts: Sequence[str], settings: SamplingSettings, ac
 
 def evaluate_models(models: dict, items: Sequence[dict], evaluators: Evaluators, feature_extractor=None, *,
                     aces: dict | None = None, settings: SamplingSettings | None = None, out_dir=None,
-                    extra: dict | None = None, return_samples: bool = False):
+                    extra: dict | None = None, return_samples: bool = False, min_label_prompts: int = 1):
     """Evaluate ``models`` (``{name: Generator}``, e.g. ``{"base": anchor, "tuned": policy}``) on
     ``items`` (dataset items: ``prompt``, ``labels``, and ``image`` when a real reference exists).
 
     ``aces[name]``: ACE tokens to condition that model with. ``feature_extractor``: a named extractor
     for FID (``cxrl.eval.fid``); the reference set is the items' real images (the phantom world's renders
     for the same prompts); FID is ``None`` when either is missing. Returns ``{name: metrics dict}``
-    (and ``{name: samples [P, S, C, H, W]}`` too when ``return_samples``); with ``out_dir`` also writes
+    (and ``{name: samples [P, S, C, H, W]}`` too when ``return_samples``); ``min_label_prompts``: a label
+    enters the macro AUROC with at least that many positive and negative prompts; with ``out_dir`` also writes
     metrics.json, run.json, results.md and the grids (see ``cxrl.eval.report``).
     """
     if not models:
@@ -145,7 +146,8 @@ def evaluate_models(models: dict, items: Sequence[dict], evaluators: Evaluators,
         if key not in shared_noise:  # one x_T set per latent shape: identical across same-shape models
             shared_noise[key] = initial_noise(key, len(prompts) * settings.samples_per_prompt, settings.seed)
         samples[name] = generate_samples(gen, prompts, settings, ace=aces.get(name), noise=shared_noise[key])
-        metrics = score_samples(samples[name], items, evaluators, feature_extractor, reference_features, settings.batch_size)
+        metrics = score_samples(samples[name], items, evaluators, feature_extractor, reference_features, settings.batch_size,
+                                min_label_prompts=min_label_prompts)
         metrics["ace"] = aces.get(name) is not None
         metrics["sampling"] = asdict(settings)
         results[name] = metrics
@@ -153,5 +155,6 @@ def evaluate_models(models: dict, items: Sequence[dict], evaluators: Evaluators,
         info = {"evaluators": evaluators.describe(), "feature_extractor": getattr(feature_extractor, "name", None),
                 "prompt_ids": [str(item.get("id", i)) for i, item in enumerate(items)], **(extra or {})}
         every_item_has_image = references is not None and references.shape[0] == len(items)
-        write_report(results, out_dir, samples, prompts, extra=info, references=references if every_item_has_image else None)
+        write_report(results, out_dir, samples, prompts, extra=info, references=references if every_item_has_image else None,
+                     grid_order=showcase_order(item_labels(items)))
     return (results, samples) if return_samples else results

@@ -31,6 +31,10 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "model"
 
 
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def table_notes(results: dict[str, dict]) -> list[str]:
     """Which evaluators / feature extractor / MS-SSIM scales produced the numbers (shared across models)."""
     first = next(iter(results.values()))
@@ -43,18 +47,39 @@ def table_notes(results: dict[str, dict]) -> list[str]:
         notes.append(f"MS-SSIM: {first['ms_ssim_scales']} scales (weights {first.get('ms_ssim_weights')}), "
                      f"{first.get('samples_per_prompt')} samples per prompt, all pairs")
     notes.append(f"{first.get('n_prompts')} held-out prompts x {first.get('samples_per_prompt')} samples per model")
+    if first.get("auroc_labels") is not None:
+        min_prompts = first.get("auroc_min_label_prompts")
+        labels = ", ".join(first["auroc_labels"]) or "none"
+        notes.append(f"AUROC: macro over the labels with >= {min_prompts} positive and >= {min_prompts} negative prompts "
+                     f"({labels}); over every label with both classes: "
+                     + ", ".join(f"{name} {_fmt(m.get('auroc_all_labels'))}" for name, m in results.items()))
     for name, metrics in results.items():
         for note in metrics.get("notes") or []:
             notes.append(f"{name}: {note}")
     return notes
 
 
+def showcase_order(labels: torch.Tensor) -> list[int]:
+    """Prompt indices for the sample grids: first one prompt per finding label that some prompt states positive
+    (labels in CheXpert order, the first such prompt not already taken), then every other prompt in order — so a
+    held-out set that is mostly normal reports still shows its findings in the first rows. ``labels``: [P, 14]."""
+    labels = torch.as_tensor(labels)
+    chosen: list[int] = []
+    for column in range(1, labels.shape[1]):   # column 0 is No Finding
+        for p in (labels[:, column] == 1).nonzero().flatten().tolist():
+            if p not in chosen:
+                chosen.append(p)
+                break
+    return chosen + [p for p in range(labels.shape[0]) if p not in chosen]
+
+
 def write_report(results: dict[str, dict], out_dir, samples: dict[str, torch.Tensor] | None = None,
                  prompts: Sequence[str] | None = None, extra: dict | None = None,
-                 references: torch.Tensor | None = None) -> dict[str, Path]:
+                 references: torch.Tensor | None = None, grid_order: Sequence[int] | None = None) -> dict[str, Path]:
     """Write metrics.json, run.json (``extra``), results.md and (when ``samples[name] [P, S, C, H, W]`` and ``prompts`` are
     given) the grids; ``references [P, C, H, W]`` (real images of the prompts) become a "real" column
-    of the comparison grid. Returns ``{artifact: path}``."""
+    of the comparison grid; ``grid_order`` (e.g. :func:`showcase_order`) picks which prompts the grids show first
+    (default: in order). Returns ``{artifact: path}``."""
     if not results:
         raise ValueError("write_report: no results to write")
     out = Path(out_dir)
@@ -70,6 +95,11 @@ def write_report(results: dict[str, dict], out_dir, samples: dict[str, torch.Ten
     if samples:
         if prompts is None:
             raise ValueError("write_report: prompts are needed to caption the sample grids")
+        if grid_order is not None:
+            index = torch.as_tensor(list(grid_order), dtype=torch.long)
+            samples = {name: images[index] for name, images in samples.items()}
+            prompts = [prompts[int(i)] for i in index]
+            references = references[index] if references is not None else None
         for name, images in samples.items():
             shown = images[:GRID_PROMPTS]
             per_prompt = shown.shape[1]

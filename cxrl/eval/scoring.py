@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from cxrl.eval.auroc import macro_auroc
+from cxrl.eval.auroc import macro_auroc, supported_label_columns
 from cxrl.eval.evaluators import Evaluators
 from cxrl.eval.fid import extract_features, fid_from_features
 from cxrl.eval.metrics import image_report_consistency, posture_alignment
@@ -44,10 +44,11 @@ def item_labels(items: Sequence[dict]) -> torch.Tensor:
 
 def score_samples(samples: torch.Tensor, items: Sequence[dict], evaluators: Evaluators,
                   feature_extractor=None, reference_features: torch.Tensor | None = None,
-                  batch_size: int = 32) -> dict:
+                  batch_size: int = 32, min_label_prompts: int = 1) -> dict:
     """The paper metrics for ``samples [P, S, C, H, W]`` in [0, 1] made from ``items[p]["prompt"]``.
 
-    Returns a JSON-ready dict: ``posture`` (r_align), ``auroc`` (macro, labels with both classes),
+    Returns a JSON-ready dict: ``posture`` (r_align), ``auroc`` (macro over the labels with at least
+    ``min_label_prompts`` positive and as many negative prompts; ``auroc_all_labels``: every label with both classes),
     ``consistency`` (mean cosine sim), ``fid`` (vs ``reference_features`` with ``feature_extractor``),
     ``ms_ssim`` (diversity), ``n_prompts`` and the details of how each was computed. A metric whose
     evaluator or reference set is absent is ``None`` and the reason is recorded under ``notes``.
@@ -70,12 +71,18 @@ def score_samples(samples: torch.Tensor, items: Sequence[dict], evaluators: Eval
     if evaluators.diagnostic is not None:
         probs = torch.cat([evaluators.diagnostic.predict_proba(images[i:i + batch_size]).detach().cpu()
                            for i in range(0, images.shape[0], batch_size)])
-        auroc = macro_auroc(probs, labels, _label_names())
+        columns = supported_label_columns(item_labels(items), min_label_prompts)
+        auroc = macro_auroc(probs, labels, _label_names(), columns=columns)
+        every_label = macro_auroc(probs, labels, _label_names())
         result["auroc"] = _clean(auroc.macro)
-        result["auroc_per_label"] = {k: round(v, 6) for k, v in auroc.per_label.items()}
-        result["auroc_skipped_labels"] = auroc.skipped
+        result["auroc_min_label_prompts"] = int(min_label_prompts)
+        result["auroc_labels"] = list(auroc.per_label)
+        result["auroc_all_labels"] = _clean(every_label.macro)
+        result["auroc_per_label"] = {k: round(v, 6) for k, v in every_label.per_label.items()}
+        result["auroc_skipped_labels"] = every_label.skipped
         if math.isnan(auroc.macro):
-            notes.append("AUROC undefined: no label had both positive and negative prompts")
+            notes.append(f"AUROC undefined: no label had at least {min_label_prompts} positive and "
+                         f"{min_label_prompts} negative prompt(s)")
     else:
         result["auroc"] = None
     for kind, key in (("posture", "posture"), ("diagnostic", "auroc"), ("consistency", "consistency")):

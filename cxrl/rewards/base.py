@@ -103,12 +103,16 @@ def to_grayscale(images: torch.Tensor, name: str = "reward") -> torch.Tensor:
 
 
 def prepare_cxr(images: torch.Tensor, resolution: int, name: str = "reward", dtype=torch.float32) -> torch.Tensor:
-    """Grayscale, clamp to [0, 1] and resize (antialiased bilinear) to ``resolution`` x ``resolution``."""
-    x = to_grayscale(images, name).to(dtype).clamp(0.0, 1.0)
+    """Grayscale, clamp to [0, 1] and resize (antialiased bilinear) to ``resolution`` x ``resolution``.
+
+    The resize runs in float32 at least: antialiased bilinear has no bfloat16/float16 kernel on the CPU, and a
+    reduced-precision resize would add rounding before the model's own."""
+    x = to_grayscale(images, name).clamp(0.0, 1.0)
     if x.shape[-2:] != (resolution, resolution):
         down = x.shape[-1] > resolution or x.shape[-2] > resolution
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=down)
-    return x
+    return x.to(dtype)
 
 
 def labels_from_metadata(name: str, prompts: list[str], metadata: list[dict], device) -> torch.Tensor:

@@ -51,8 +51,8 @@ class RunEvaluation:
 
 
 def held_out_items(split: str, num_prompts: int, seed: int, resolution: int) -> list[dict]:
-    """``num_prompts`` dataset items of distinct IU X-ray prompts of ``split`` (chosen by ``seed``), each with
-    its phantom render at ``resolution`` (the FID reference image)."""
+    """``num_prompts`` dataset items of distinct IU X-ray prompts of ``split`` (chosen by ``seed``; 0 = all of
+    them, in report order), each with its phantom render at ``resolution`` (the FID reference image)."""
     from cxrl.data import PhantomCXR
 
     dataset = PhantomCXR(split=split, resolution=resolution)
@@ -60,6 +60,8 @@ def held_out_items(split: str, num_prompts: int, seed: int, resolution: int) -> 
     for index, prompt in enumerate(dataset.reports.prompts):
         first_of_prompt.setdefault(prompt, index)
     candidates = sorted(first_of_prompt.values())
+    if num_prompts == 0:
+        return [dataset[i] for i in candidates]
     if num_prompts > len(candidates):
         raise ValueError(f"eval.num_prompts={num_prompts}: the '{split}' split has only {len(candidates)} distinct prompts")
     order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(int(seed)))[:num_prompts]
@@ -92,8 +94,10 @@ def per_prompt_scores(samples: torch.Tensor, items: Sequence[dict], evaluators, 
     return out
 
 
-def _metric_values(scores: dict, labels: torch.Tensor, index: torch.Tensor) -> dict[str, float]:
-    """posture / consistency / auroc of the prompts ``index`` (with repeats, as a bootstrap draws them)."""
+def _metric_values(scores: dict, labels: torch.Tensor, index: torch.Tensor, columns=None) -> dict[str, float]:
+    """posture / consistency / auroc of the prompts ``index`` (with repeats, as a bootstrap draws them); ``auroc``
+    over the label ``columns`` (fixed on the full prompt set, so every resample averages the same labels) and
+    ``auroc_all_labels`` over every label."""
     from cxrl.eval.auroc import macro_auroc
 
     values = {}
@@ -103,22 +107,26 @@ def _metric_values(scores: dict, labels: torch.Tensor, index: torch.Tensor) -> d
     if scores["probs"] is not None:
         per_prompt = scores["probs"].shape[1]
         probs = scores["probs"][index].flatten(0, 1)
-        values["auroc"] = macro_auroc(probs, labels[index].repeat_interleave(per_prompt, dim=0)).macro
+        repeated = labels[index].repeat_interleave(per_prompt, dim=0)
+        values["auroc"] = macro_auroc(probs, repeated, columns=columns).macro
+        if columns is not None:
+            values["auroc_all_labels"] = macro_auroc(probs, repeated).macro
     return values
 
 
-def paired_bootstrap(base: dict, tuned: dict, labels: torch.Tensor, resamples: int, seed: int) -> dict:
+def paired_bootstrap(base: dict, tuned: dict, labels: torch.Tensor, resamples: int, seed: int, columns=None) -> dict:
     """tuned − base for posture, AUROC and consistency on all prompts, and over ``resamples`` bootstrap draws
     of the prompts (the same draw for both models: the samples are paired by prompt and initial noise).
+    ``columns``: the labels of the AUROC (:func:`cxrl.eval.auroc.supported_label_columns`; None = all).
     Returns ``{metric: {"diff", "std", "ci_low", "ci_high", "resamples"}}`` (2.5 / 97.5 percentiles)."""
     num_prompts = labels.shape[0]
     full = torch.arange(num_prompts)
-    base_all, tuned_all = _metric_values(base, labels, full), _metric_values(tuned, labels, full)
+    base_all, tuned_all = _metric_values(base, labels, full, columns), _metric_values(tuned, labels, full, columns)
     draws: dict[str, list[float]] = {k: [] for k in base_all}
     generator = torch.Generator().manual_seed(int(seed))
     for _ in range(resamples):
         index = torch.randint(num_prompts, (num_prompts,), generator=generator)
-        b, t = _metric_values(base, labels, index), _metric_values(tuned, labels, index)
+        b, t = _metric_values(base, labels, index, columns), _metric_values(tuned, labels, index, columns)
         for key in draws:
             diff = t[key] - b[key]
             if math.isfinite(diff):  # a draw without both classes for any label has no AUROC
@@ -162,6 +170,7 @@ def evaluate_run(cfg, tuned_gen, *, ace=None, base_gen, out_dir: str | Path | No
                  log: Callable[[str], None] = print) -> RunEvaluation:
     """Evaluate ``base_gen`` (the anchor, no ACE) against ``tuned_gen`` (+ ``ace``) as configured by
     ``cfg.eval`` and ``cfg.sampling``; writes the report to ``out_dir`` (None: nothing is written)."""
+    from cxrl.eval.auroc import supported_label_columns
     from cxrl.eval.evaluate import SamplingSettings, build_feature_extractor, evaluate_models
     from cxrl.eval.evaluators import load_evaluators
     from cxrl.eval.report import table_notes
@@ -176,20 +185,22 @@ def evaluate_run(cfg, tuned_gen, *, ace=None, base_gen, out_dir: str | Path | No
     start = time.perf_counter()
     device = tuned_gen.device
     evaluators = load_evaluators(e.evaluators or None, device=device, forbidden=_forbidden_evaluator_dirs(cfg))
-    log(f"evaluation: base vs tuned on {e.num_prompts} held-out '{e.split}' prompts x {e.samples_per_prompt} samples, "
-        f"scored by the held-out evaluators ({', '.join(evaluators.describe().values())}), not the reward models")
     items = held_out_items(e.split, e.num_prompts, e.seed, tuned_gen.resolution[0])
+    log(f"evaluation: base vs tuned on {len(items)} held-out '{e.split}' prompts x {e.samples_per_prompt} samples, "
+        f"scored by the held-out evaluators ({', '.join(evaluators.describe().values())}), not the reward models")
     extractor = build_feature_extractor("evaluator", "phantom", evaluators)
     settings = SamplingSettings(samples_per_prompt=e.samples_per_prompt, num_steps=s.num_steps,
                                 guidance_scale=s.guidance_scale, eta=s.eta, seed=e.seed, batch_size=e.batch_size)
-    extra = {"data": "phantom", "split": e.split, "rl_prompt_split": cfg.data.split,
+    extra = {"data": "phantom", "split": e.split, "rl_prompt_split": cfg.data.split, "torch_threads": torch.get_num_threads(),
              "note": "scored by held-out evaluators, never the reward models the RL optimised"}
     results, samples = evaluate_models({"base": base_gen, "tuned": tuned_gen}, items, evaluators, extractor,
                                        aces={"tuned": ace} if ace is not None else None, settings=settings,
-                                       out_dir=out_dir, extra=extra, return_samples=True)
+                                       out_dir=out_dir, extra=extra, return_samples=True,
+                                       min_label_prompts=e.min_label_prompts)
     labels = item_labels(items).double()
     scores = {name: per_prompt_scores(samples[name], items, evaluators, e.batch_size) for name in ("base", "tuned")}
-    comparison = paired_bootstrap(scores["base"], scores["tuned"], labels, e.bootstrap, e.seed)
+    columns = supported_label_columns(labels, e.min_label_prompts)
+    comparison = paired_bootstrap(scores["base"], scores["tuned"], labels, e.bootstrap, e.seed, columns=columns)
     table = markdown_table(results, table_notes(results))
     seconds = time.perf_counter() - start
     prompt_ids = [str(item["id"]) for item in items]

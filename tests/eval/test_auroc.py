@@ -70,3 +70,30 @@ def test_label_without_classifier_output_is_skipped():
     scores = torch.tensor([[0.9, float("nan")], [0.1, float("nan")], [0.8, float("nan")]])
     result = macro_auroc(scores, labels, ["has_output", "no_output"])
     assert result.per_label == {"has_output": 1.0} and result.skipped == ["no_output"]
+
+
+def test_supported_label_columns_count_prompts_of_each_class():
+    from cxrl.eval.auroc import supported_label_columns
+
+    nan = float("nan")
+    labels = torch.tensor([
+        [1.0, 1.0, 1.0, nan],
+        [1.0, 0.0, -1.0, 1.0],
+        [0.0, 0.0, 0.0, 1.0],
+        [0.0, nan, 0.0, 1.0],
+    ])
+    assert supported_label_columns(labels, 1) == [0, 1, 2]       # column 3 has no negative
+    assert supported_label_columns(labels, 2) == [0]             # b: 1 positive; c: the -1 is not a positive
+    assert supported_label_columns(labels, 3) == []
+    with pytest.raises(ValueError, match="min_count"):
+        supported_label_columns(labels, 0)
+
+
+def test_macro_over_columns_excludes_the_others():
+    labels = torch.tensor([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    scores = torch.tensor([[0.9, 0.1], [0.1, 0.9], [0.8, 0.2], [0.2, 0.3]])
+    every = macro_auroc(scores, labels, ["a", "b"])
+    only_a = macro_auroc(scores, labels, ["a", "b"], columns=[0])
+    assert every.per_label == {"a": 1.0, "b": 0.0} and every.macro == 0.5
+    assert only_a.per_label == {"a": 1.0} and only_a.macro == 1.0
+    assert only_a.excluded == ["b"] and only_a.skipped == []

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from cxrl.data.labels import CHEXPERT_LABELS
 from cxrl.eval.auroc import macro_auroc
 from cxrl.eval.evaluators import load_evaluators
 from cxrl.eval.fid import ClassifierFeatures, extract_features, fid_from_features
@@ -131,3 +132,55 @@ def test_xrv_diagnostic_evaluator_scores_only_mapped_labels(tmp_path, make_items
     assert extractor.name == "xrv-densenet121-res224-all/features2"
     with pytest.raises(ValueError, match="only be the diagnostic"):
         load_evaluators(paths={"posture": "xrv:densenet121-res224-all"}, kinds=("posture",))
+
+
+def test_auroc_over_labels_with_enough_prompts(evaluator_root, make_items):
+    """``auroc`` averages the labels with >= min_label_prompts prompts of each class; ``auroc_all_labels`` all."""
+    evaluators = load_evaluators(evaluator_root, kinds=("diagnostic",))
+    items = make_items(6)
+    items[1]["labels"] = items[1]["labels"].clone()
+    items[1]["labels"][10] = float("nan")          # Pleural Effusion: 2 positive prompts, 3 negative
+    samples = torch.rand(6, 2, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    probs = evaluators.diagnostic.predict_proba(samples.flatten(0, 1))
+    labels = item_labels(items).repeat_interleave(2, dim=0)
+    names = list(CHEXPERT_LABELS)
+
+    strict = score_samples(samples, items, evaluators, min_label_prompts=3)
+    assert strict["auroc_labels"] == ["No Finding"] and strict["auroc_min_label_prompts"] == 3
+    assert strict["auroc"] == pytest.approx(macro_auroc(probs, labels, names, columns=[0]).macro, abs=1e-9)
+    assert strict["auroc_all_labels"] == pytest.approx(macro_auroc(probs, labels).macro, abs=1e-9)
+    assert set(strict["auroc_per_label"]) == {"No Finding", "Pleural Effusion"}
+
+    loose = score_samples(samples, items, evaluators, min_label_prompts=2)
+    assert loose["auroc_labels"] == ["No Finding", "Pleural Effusion"] and loose["auroc"] == loose["auroc_all_labels"]
+    none = score_samples(samples, items, evaluators, min_label_prompts=4)
+    assert none["auroc"] is None and any("at least 4 positive" in note for note in none["notes"])
+
+
+def test_showcase_order_puts_one_prompt_per_finding_first():
+    from cxrl.eval.report import showcase_order
+
+    nan = float("nan")
+    labels = torch.full((6, 14), nan)
+    labels[[0, 1, 4], 0] = 1.0          # No Finding does not count as a finding
+    labels[3, 2] = 1.0                  # Cardiomegaly
+    labels[5, 2] = 1.0                  # Cardiomegaly again: only the first is brought forward
+    labels[2, 10] = 1.0                 # Pleural Effusion
+    labels[3, 10] = 1.0                 # taken already by Cardiomegaly
+    labels[1, 5] = 0.0                  # a negative is not a finding
+    assert showcase_order(labels) == [3, 2, 0, 1, 4, 5]
+
+
+def test_write_report_grid_order_moves_prompts_with_their_images(tmp_path):
+    from PIL import Image
+
+    results = {"base": {"posture": -0.3, "n_prompts": 2, "samples_per_prompt": 1}}
+    samples = {"base": torch.stack([torch.zeros(1, 1, 32, 32), torch.ones(1, 1, 32, 32)])}
+    references = torch.stack([torch.zeros(1, 32, 32), torch.ones(1, 32, 32)])
+    in_order = write_report(results, tmp_path / "a", samples, ["dark", "bright"], references=references)
+    swapped = write_report(results, tmp_path / "b", samples, ["dark", "bright"], references=references, grid_order=[1, 0])
+    first_row = (4 + 240 + 10, 30)
+    assert Image.open(in_order["comparison"]).convert("L").getpixel(first_row) == 0
+    assert Image.open(swapped["comparison"]).convert("L").getpixel(first_row) == 255
+    # the reference column moves with its prompt
+    assert Image.open(swapped["comparison"]).convert("L").getpixel((first_row[0] + 132, 30)) == 255

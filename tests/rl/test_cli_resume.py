@@ -63,6 +63,14 @@ def test_sigkill_then_resume_is_bitwise_equal(tiny_pixel_dir, tmp_path):
             assert torch.equal(v, gb["optimizer"]["state"][pid][k]), (pid, k)
     assert ga["tracker"] == gb["tracker"]
     assert ga["trainer"]["updater"] == gb["trainer"]["updater"]
+    # every finished run (evaluation off here) saves the tuned generator in the diffusers layout
+    from safetensors.torch import load_file
+
+    unet_a, unet_b = (sorted((run / "final" / "unet").glob("*.safetensors")) for run in (a, b))
+    assert unet_a and [f.name for f in unet_a] == [f.name for f in unet_b]
+    for fa, fb in zip(unet_a, unet_b):
+        wa, wb = load_file(fa), load_file(fb)
+        assert set(wa) == set(wb) and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_cli_errors_are_clear_and_non_zero(tmp_path, capsys):

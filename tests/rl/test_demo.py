@@ -114,6 +114,15 @@ def test_paired_bootstrap_reference_values():
     assert out["auroc"]["base"] == pytest.approx(expected_base) and out["auroc"]["tuned"] == pytest.approx(1.0)
     assert out["auroc"]["ci_low"] <= out["auroc"]["diff"] <= out["auroc"]["ci_high"]
 
+    # the AUROC over chosen label columns averages exactly those labels in the full set and every resample;
+    # the all-label AUROC is reported beside it
+    only_first = paired_bootstrap(base, tuned, labels, resamples=50, seed=1, columns=[0])
+    labels_first = labels.repeat_interleave(per_prompt, 0)
+    expected_first = macro_auroc(base["probs"].flatten(0, 1), labels_first, columns=[0]).macro
+    assert only_first["auroc"]["base"] == pytest.approx(expected_first) != pytest.approx(expected_base)
+    assert only_first["auroc_all_labels"]["base"] == pytest.approx(expected_base)
+    assert only_first["auroc"]["tuned"] == pytest.approx(1.0)
+
 
 def test_held_out_items_are_distinct_test_prompts():
     from cxrl.data.iuxray import IUXrayReports
@@ -126,6 +135,11 @@ def test_held_out_items_are_distinct_test_prompts():
     distinct = len(set(IUXrayReports(split="test").prompts))
     with pytest.raises(ValueError, match="eval.num_prompts"):
         held_out_items("test", distinct + 1, seed=0, resolution=32)
+    every = held_out_items("test", 0, seed=0, resolution=32)   # 0: the whole split, once per distinct prompt
+    assert len(every) == len({i["prompt"] for i in every}) == distinct
+    assert {i["id"] for i in items} <= {i["id"] for i in every}
+    with pytest.raises(ValueError, match="eval.num_prompts must be 0"):
+        load_config(None, ["eval.enabled=true", "eval.num_prompts=1"])
 
 
 def test_reward_models_are_refused_as_evaluators(tmp_path):
@@ -142,7 +156,7 @@ def test_reward_models_are_refused_as_evaluators(tmp_path):
 
 SMOKE = ["train.epochs=1", "sampling.samples_per_epoch=8", "sampling.batch_size=8", "sampling.num_steps=4",
          "train.batch_size=4", "train.gradient_accumulation=1", "eval.num_prompts=8", "eval.samples_per_prompt=2",
-         "eval.bootstrap=20", "eval.seed=5", "log.progress=false", "log.sample_every=0", "model.device=cpu"]
+         "eval.bootstrap=20", "eval.seed=5", "eval.min_label_prompts=1", "eval.torch_threads=2", "log.progress=false", "log.sample_every=0", "model.device=cpu"]
 
 
 def test_demo_smoke_through_the_cli(tmp_path, capsys):
@@ -162,6 +176,7 @@ def test_demo_smoke_through_the_cli(tmp_path, capsys):
             assert isinstance(metrics[name][key], float) and math.isfinite(metrics[name][key]), (name, key)
         assert all("assets/evaluators" in source for source in metrics[name]["evaluators"].values())
     assert metrics["tuned"]["ace"] and not metrics["base"]["ace"]
+    assert json.loads((eval_dir / "run.json").read_text())["torch_threads"] == 2   # eval.torch_threads applied
     comparison = json.loads((eval_dir / "comparison.json").read_text())["comparison"]
     for key in ("posture", "auroc", "consistency"):
         entry = comparison[key]
@@ -174,7 +189,8 @@ def test_demo_smoke_through_the_cli(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_full_demo_improves(tmp_path):
-    """The shipped demo exactly as `cxrl train` runs it: tuned beats base on the held-out evaluators."""
+    """The shipped demo exactly as `cxrl train` runs it: tuned beats base on the held-out evaluators, with the
+    95% paired-bootstrap interval of each difference above 0."""
     from cxrl.cli import main
 
     before = torch.get_num_threads()
@@ -184,4 +200,4 @@ def test_full_demo_improves(tmp_path):
         torch.set_num_threads(before)
     comparison = json.loads((tmp_path / "demo" / "eval" / "comparison.json").read_text())["comparison"]
     for key in ("posture", "auroc", "consistency"):
-        assert comparison[key]["diff"] > 0, (key, comparison[key])
+        assert comparison[key]["ci_low"] > 0, (key, comparison[key])   # beyond the paired bootstrap noise
