@@ -71,6 +71,9 @@ def test_sigkill_then_resume_is_bitwise_equal(tiny_pixel_dir, tmp_path):
     for fa, fb in zip(unet_a, unet_b):
         wa, wb = load_file(fa), load_file(fb)
         assert set(wa) == set(wb) and all(torch.equal(wa[k], wb[k]) for k in wa)
+        # ...the trained weights, not the starting ones
+        start = load_file(tiny_pixel_dir / "unet" / fa.name)
+        assert any(not torch.equal(wa[k], start[k].to(wa[k].dtype)) for k in wa)
 
 
 def test_cli_errors_are_clear_and_non_zero(tmp_path, capsys):
