@@ -6,8 +6,8 @@ if both classes remain, and, when the caller asks for it (``columns`` from :func
 only if it has enough positive and negative prompts: a label stated positive by one prompt makes its AUROC
 a verdict on that prompt's few images, and with a dozen labels in the macro mean such labels dominate the
 noise of a small held-out set (CheXpert reports its five best-supported labels for the same reason).
-AUROC is the Mann–Whitney statistic P(score_pos > score_neg) + 0.5 P(tie), computed from average ranks, so ties are handled exactly and any monotone transform of the scores
-(logits vs probabilities) gives the same value.
+AUROC is the Mann–Whitney statistic P(score_pos > score_neg) + 0.5 P(tie), computed from average ranks, so
+ties are handled exactly and any monotone transform of the scores (logits vs probabilities) gives the same value.
 """
 from __future__ import annotations
 
