@@ -60,7 +60,8 @@ def score_samples(samples: torch.Tensor, items: Sequence[dict], evaluators: Eval
         raise ValueError(f"{len(items)} items for samples of {num_prompts} prompts")
     images = samples.flatten(0, 1)
     prompts = [items[p]["prompt"] for p in range(num_prompts) for _ in range(per_prompt)]
-    labels = item_labels(items).repeat_interleave(per_prompt, dim=0)
+    prompt_labels = item_labels(items)
+    labels = prompt_labels.repeat_interleave(per_prompt, dim=0)
     metadata = [{"labels": labels[i]} for i in range(images.shape[0])]
     notes: list[str] = []
     result: dict = {"n_prompts": int(num_prompts), "samples_per_prompt": int(per_prompt), "n_images": int(images.shape[0])}
@@ -71,7 +72,7 @@ def score_samples(samples: torch.Tensor, items: Sequence[dict], evaluators: Eval
     if evaluators.diagnostic is not None:
         probs = torch.cat([evaluators.diagnostic.predict_proba(images[i:i + batch_size]).detach().cpu()
                            for i in range(0, images.shape[0], batch_size)])
-        columns = supported_label_columns(item_labels(items), min_label_prompts)
+        columns = supported_label_columns(prompt_labels, min_label_prompts)
         auroc = macro_auroc(probs, labels, _label_names(), columns=columns)
         every_label = macro_auroc(probs, labels, _label_names())
         result["auroc"] = _clean(auroc.macro)
