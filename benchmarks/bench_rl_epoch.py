@@ -121,11 +121,11 @@ def _prompt_entries(n: int) -> list[dict]:
 
 
 def build_trainer(s: EpochSetting, device, workdir: Path):
+    from cxrl.compose import build_trainer as compose_trainer
     from cxrl.config import from_dict
     from cxrl.rewards import AnchorScoreCache, RewardSuite
     from cxrl.rl.distributed import DistContext
     from cxrl.rl.prompts import PromptPool
-    from cxrl.rl.trainer import Trainer
 
     from .bench_rewards import _reward_models
 
@@ -142,8 +142,8 @@ def build_trainer(s: EpochSetting, device, workdir: Path):
     })
     gen = build_generator(s, device, workdir)
     num_prompts = s.samples // s.group_size
-    trainer = Trainer(cfg, PromptPool(_prompt_entries(num_prompts)), dist=DistContext(device=torch.device(device)),
-                      output_dir=workdir / "run", generator=gen)
+    trainer = compose_trainer(cfg, PromptPool(_prompt_entries(num_prompts)), dist=DistContext(device=torch.device(device)),
+                              output_dir=workdir / "run", generator=gen)
     # The project's three reward models (shipped weights when present, else the same nets at random init).
     models = _reward_models(device)
     cache = AnchorScoreCache(None, "bench-anchor", {"steps": s.steps, "guidance": s.guidance})

@@ -92,7 +92,7 @@ class EagerEpoch:
     def anchor_images(self, prompts, noise):
         embeds = self.gen.encode_prompts(list(prompts))
         g = torch.Generator(device=self.device).manual_seed(1)
-        with self.tr._lora_disabled():
+        with self.tr.policy.lora_disabled():
             return torch.cat([self.sample(embeds[i:i + self.s.sample_batch], noise[i:i + self.s.sample_batch], g)[0]
                               for i in range(0, len(prompts), self.s.sample_batch)])
 

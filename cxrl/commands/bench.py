@@ -1,13 +1,6 @@
 """``cxrl bench [CASE ...] [--size cpu|gpu] [--json FILE]``: the benchmark suite (``cxrl.benchmarks``)."""
-
-
-def add_arguments(parser):
-    from cxrl.benchmarks.runner import add_arguments as add
-
-    add(parser)
+from cxrl.benchmarks.runner import add_arguments, run_from_args
 
 
 def run(args) -> int:
-    from cxrl.benchmarks.runner import run_from_args
-
     return run_from_args(args)

@@ -13,17 +13,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrl.compose import open_dataset, prompt_entries
+from cxrl.compose.sources import DATASET_SOURCES
+from cxrl.config import SPLITS
 from cxrl.data import labeler_eval
-from cxrl.data.labels import CHEXPERT_LABELS
-
-SOURCES = ("phantom", "iuxray", "mimic")
+from cxrl.data.labels import CHEXPERT_LABELS, NUM_LABELS
+from cxrl.eval.grids import save_grid
 
 
 def _add_source_args(p: argparse.ArgumentParser, default_source: str = "phantom") -> None:
-    p.add_argument("--source", choices=SOURCES, default=default_source)
+    p.add_argument("--source", choices=DATASET_SOURCES, default=default_source)
     p.add_argument("--root", help="MIMIC-CXR-JPG root (mimic) or Open-i PNG directory (iuxray, optional)")
     p.add_argument("--reports-root", help="MIMIC-CXR reports root holding files/pXX/... .txt (mimic)")
-    p.add_argument("--split", default="train")
+    p.add_argument("--split", choices=SPLITS, default="train")
     p.add_argument("--resolution", type=int, default=None, help="default: 64 for phantom, 512 otherwise")
     p.add_argument("--views", default="PA,AP", help="comma-separated ViewPosition values; add an empty item (PA,AP,) for blank views")
     p.add_argument("--seed", type=int, default=0)
@@ -48,37 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_dataset(args, cache_dir=None):
-    if args.source == "phantom":
-        from cxrl.data.phantom import PhantomCXR
-
-        return PhantomCXR(split=_iu_split(args.split), resolution=args.resolution or 64, seed=args.seed,
-                          posture_strength=args.posture_strength)
-    if args.source == "iuxray":
-        from cxrl.data.iuxray import IUXrayReports
-
-        return IUXrayReports(split=_iu_split(args.split), images_dir=args.root, resolution=args.resolution or 512,
-                             strict=args.strict)
-    if not args.root:
-        raise SystemExit("cxrl data: --root is required for --source mimic (the MIMIC-CXR-JPG directory)")
-    from cxrl.data.mimic import MimicCXR
-
     views = tuple(v.strip() for v in args.views.split(","))
-    return MimicCXR(args.root, split=args.split, views=views, resolution=args.resolution or 512,
-                    reports_root=args.reports_root, cache_dir=cache_dir, strict=args.strict)
-
-
-def _iu_split(split: str) -> str:
-    return {"validate": "validation", "val": "validation"}.get(split, split)
+    return open_dataset(args.source, args.split, path=args.root or "", reports_path=args.reports_root or "",
+                        resolution=args.resolution, seed=args.seed, posture_strength=args.posture_strength, views=views,
+                        cache_dir=cache_dir, strict=args.strict)
 
 
 def label_matrix(dataset) -> torch.Tensor:
-    """[N, 14] labels of every item without decoding images where the reader allows it."""
-    if hasattr(dataset, "label_tensor"):
-        return torch.stack([dataset.label_tensor(i) for i in range(len(dataset))])
-    if hasattr(dataset, "labels") and isinstance(dataset.labels, list):
-        return torch.stack(dataset.labels) if dataset.labels else torch.empty(0, 14)
-    reports = dataset.reports  # PhantomCXR: labels follow its reports
-    return torch.stack([reports.label_tensor(i % len(reports)) for i in range(len(dataset))])
+    """[N, NUM_LABELS] labels of every item, without decoding images."""
+    entries = prompt_entries(dataset)
+    return torch.stack([e["labels"] for e in entries]) if entries else torch.empty(0, NUM_LABELS)
 
 
 def format_prevalence(labels: torch.Tensor) -> str:
@@ -100,34 +81,23 @@ def _short_labels(labels: torch.Tensor) -> str:
     return ", ".join(parts) or "(none)"
 
 
-def write_grid(items: list[dict], out: Path, tile: int = 160) -> None:
-    from PIL import Image, ImageDraw
-
-    cols = int(np.ceil(np.sqrt(len(items))))
-    rows = int(np.ceil(len(items) / cols))
-    caption = 34
-    canvas = Image.new("L", (cols * tile, rows * (tile + caption)), 0)
-    draw = ImageDraw.Draw(canvas)
-    for k, item in enumerate(items):
-        r, c = divmod(k, cols)
-        x, y = c * tile, r * (tile + caption)
-        if item["image"] is not None:
-            arr = (item["image"][0].clamp(0, 1).numpy() * 255).astype(np.uint8)
-            canvas.paste(Image.fromarray(arr).resize((tile, tile), Image.BILINEAR), (x, y))
-        text = _short_labels(item["labels"])
-        draw.text((x + 2, y + tile + 1), text[:30], fill=255)
-        draw.text((x + 2, y + tile + 16), text[30:60], fill=255)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
+def write_grid(items: list[dict], out: Path) -> Path:
+    """The items' images captioned with their labels ("Cardiomegaly, Edema?": ? = uncertain)."""
+    shown = [item for item in items if item["image"] is not None]
+    if not shown:
+        raise ValueError("cxrl data preview: none of the chosen items has an image (iuxray needs --root with the Open-i PNGs)")
+    images = torch.stack([item["image"].float() for item in shown])
+    return save_grid(images, [_short_labels(item["labels"]) for item in shown], out,
+                     ncols=int(np.ceil(np.sqrt(len(shown)))), caption_lines=2)
 
 
 def run(args) -> int:
     if args.action == "labeler-eval":
         return labeler_eval.run(args)
+    if args.action == "prepare" and args.source != "mimic":
+        raise ValueError("cxrl data prepare: only --source mimic has images to cache")
     dataset = build_dataset(args, cache_dir=getattr(args, "cache_dir", None))
     if args.action == "prepare":
-        if args.source != "mimic":
-            raise SystemExit("cxrl data prepare: only --source mimic has images to cache")
         result = dataset.prepare(limit=args.limit, progress=lambda done, total: print(f"  {done}/{total}", flush=True))
         print(f"cache {dataset.cache_stem}: {result['done']} done, {result['failed']} unreadable, "
               f"{result['pending']} pending ({result['skipped']} were already done)")

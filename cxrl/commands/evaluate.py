@@ -1,16 +1,20 @@
 """``cxrl evaluate``: the paper's metrics for a tuned model (and its base) on held-out prompts.
 
-    cxrl evaluate --model runs/demo/final --baseline runs/demo/anchor --data phantom --n-prompts 64 --out eval/
+    cxrl evaluate --model runs/demo/final --baseline asset:base --data phantom --n-prompts 64 --out eval/
+    cxrl evaluate --model runs/demo/final --baseline asset:base --config runs/demo/config.yaml   # as the run did
 
-Samples every model from the same initial noise (4 per prompt), scores them with the held-out
-evaluators (``cxrl/assets/evaluators/`` unless overridden — never the reward models the RL optimised)
-and writes ``metrics.json`` (one object per model), ``run.json``, ``results.md`` (the paper's
-Tables 1–2 layout) and sample grids.
+Samples every model from the same initial noise (4 per prompt), scores them with the held-out evaluators
+(``cxrl/assets/evaluators/`` unless overridden — never the reward models the RL optimised), compares tuned
+with base paired by prompt (bootstrap confidence intervals) and writes ``metrics.json`` (one object per
+model), ``run.json``, ``results.md`` (the paper's Tables 1–2 layout), ``comparison.json`` and sample grids.
+It is the same path as ``cxrl train``'s end-of-run evaluation (:func:`cxrl.eval.run.run_evaluation`).
 
+Settings come from the ``eval`` and ``sampling`` sections of ``--config`` (a run's config.yaml reproduces its
+evaluation); flags override them. Without ``--config`` the defaults are those listed in each flag's help.
 FID features (``--fid-features``): ``auto`` = the diagnostic evaluator's own features on the phantom
-world, torchxrayvision DenseNet-121 ``features2`` on IU X-ray / MIMIC (its weights must be in the cache;
-a missing file is an error, never a silent switch to another network); the reference set is the real
-images of the same held-out prompts (phantom renders, MIMIC JPGs, Open-i PNGs with ``--images-dir``).
+world, torchxrayvision DenseNet-121 ``features2`` on IU X-ray / MIMIC when its weights are in the cache
+(else the evaluator's, and the log says so); the reference set is the real images of the same held-out
+prompts (phantom renders, MIMIC JPGs, Open-i PNGs with ``--images-dir``).
 """
 from __future__ import annotations
 
@@ -18,123 +22,96 @@ from pathlib import Path
 
 import torch
 
-from cxrl.eval.evaluate import FID_FEATURE_CHOICES
+from cxrl.compose import evaluation_inputs, resolve_asset
+from cxrl.config import EVAL_SOURCES, load_config
+from cxrl.diffusion.ace import load_ace
+from cxrl.diffusion.generator import load_generator
+from cxrl.eval.run import run_evaluation
 
-DATASETS = ("phantom", "iuxray", "mimic")
+# flag -> (config key, the default when no --config is given)
+FLAG_KEYS = {
+    "data": ("eval.source", "phantom"), "split": ("eval.split", "test"), "n_prompts": ("eval.num_prompts", 64),
+    "samples_per_prompt": ("eval.samples_per_prompt", 4), "seed": ("eval.seed", 0), "steps": ("sampling.num_steps", 50),
+    "guidance": ("sampling.guidance_scale", 5.0), "eta": ("sampling.eta", 1.0), "batch_size": ("eval.batch_size", 16),
+    "min_label_prompts": ("eval.min_label_prompts", 3), "evaluators": ("eval.evaluators", None),
+    "fid_features": ("eval.fid_features", None), "xrv_weights": ("eval.xrv_weights", None),
+    "xrv_cache_dir": ("eval.xrv_cache_dir", None), "resolution": ("eval.resolution", None),
+    "data_root": ("data.path", None), "images_dir": ("data.path", None), "reports_root": ("data.reports_path", None),
+    "bootstrap": ("eval.bootstrap", None),
+}
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="tuned generator directory")
-    parser.add_argument("--baseline", type=Path, help="base/anchor generator directory, evaluated side by side")
-    parser.add_argument("--data", choices=DATASETS, required=True, help="where the held-out prompts come from")
-    parser.add_argument("--data-root", type=Path, help="mimic: the MIMIC-CXR-JPG root (files/ + the CSVs)")
-    parser.add_argument("--reports-root", type=Path, help="mimic: the MIMIC-CXR reports files/ tree (prompts from reports)")
-    parser.add_argument("--images-dir", type=Path, help="iuxray: Open-i PNG directory (enables FID on IU X-ray)")
-    parser.add_argument("--split", default="test", help="dataset split of the held-out prompts (default test)")
-    parser.add_argument("--n-prompts", type=int, default=64, help="held-out prompts to evaluate (default 64)")
-    parser.add_argument("--samples-per-prompt", type=int, default=4, help="samples per prompt (MS-SSIM protocol: 4)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt choice and the initial noise")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5, as in training)")
-    parser.add_argument("--eta", type=float, default=1.0, help="DDIM eta (default 1: the stochastic policy RL trains)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per sampling / scoring batch")
-    parser.add_argument("--min-label-prompts", type=int, default=3,
+    parser.add_argument("--model", required=True, help="tuned generator directory (or asset:NAME)")
+    parser.add_argument("--baseline", help="base/anchor generator directory (or asset:base), evaluated side by side")
+    parser.add_argument("--config", help="YAML config (e.g. a run's config.yaml): its eval and sampling sections")
+    parser.add_argument("--data", choices=EVAL_SOURCES, help="where the held-out prompts come from (eval.source; default phantom)")
+    parser.add_argument("--data-root", help="mimic: the MIMIC-CXR-JPG root (files/ + the CSVs)")
+    parser.add_argument("--reports-root", help="mimic: the MIMIC-CXR reports files/ tree (prompts from reports)")
+    parser.add_argument("--images-dir", help="iuxray: Open-i PNG directory (enables FID on IU X-ray)")
+    parser.add_argument("--split", help="split of the held-out prompts (default test)")
+    parser.add_argument("--n-prompts", type=int, help="distinct held-out prompts (default 64; 0 = all of the split)")
+    parser.add_argument("--samples-per-prompt", type=int, help="samples per prompt (MS-SSIM protocol: 4, the default)")
+    parser.add_argument("--seed", type=int, help="seed of the prompt choice and the initial noise (default 0)")
+    parser.add_argument("--steps", type=int, help="DDIM steps (default 50)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 5, as in training)")
+    parser.add_argument("--eta", type=float, help="DDIM eta (default 1: the stochastic policy RL trains)")
+    parser.add_argument("--batch-size", type=int, help="images per sampling / scoring batch (default 16)")
+    parser.add_argument("--bootstrap", type=int, help="prompt resamples of the tuned - base intervals (default 1000)")
+    parser.add_argument("--min-label-prompts", type=int,
                         help="a label enters the macro AUROC only with at least this many positive and as many negative "
                              "prompts (default 3; 1 = every label with both classes, also reported as auroc_all_labels)")
     parser.add_argument("--no-ace", action="store_true", help="ignore ACE tokens saved with --model (the w/o-ACE view)")
-    parser.add_argument("--evaluators", type=Path, help="root with posture/ diagnostic/ consistency/ (default: shipped)")
+    parser.add_argument("--evaluators", help="root with posture/ diagnostic/ consistency/ (default: shipped)")
     for kind in ("posture", "diagnostic", "consistency"):
         extra = " or xrv:<weights>, a torchxrayvision classifier" if kind == "diagnostic" else ""
         parser.add_argument(f"--{kind}-evaluator", help=f"{kind} evaluator directory{extra} (overrides --evaluators)")
-    parser.add_argument("--fid-features", choices=FID_FEATURE_CHOICES, default="auto", help="FID feature extractor (see above)")
-    parser.add_argument("--xrv-weights", default="densenet121-res224-all", help="torchxrayvision DenseNet-121 weights for FID")
-    parser.add_argument("--xrv-cache-dir", type=Path, help="torchxrayvision weights cache (default ~/.torchxrayvision/models_data)")
+    parser.add_argument("--fid-features", choices=("auto", "evaluator", "xrv", "none"), help="FID features (default auto)")
+    parser.add_argument("--xrv-weights", help="torchxrayvision DenseNet-121 weights for FID (default densenet121-res224-all)")
+    parser.add_argument("--xrv-cache-dir", help="torchxrayvision weights cache (default ~/.torchxrayvision/models_data)")
     parser.add_argument("--resolution", type=int, help="reference image size (default: the model's output size)")
     parser.add_argument("--out", type=Path, default=Path("eval"), help="output directory (default ./eval)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
 
 
-def select_indices(length: int, count: int, seed: int) -> list[int]:
-    """``count`` distinct indices of ``range(length)`` chosen by ``seed``, in increasing order."""
-    if length == 0:
-        raise ValueError("the chosen split has no items")
-    if count < 1:
-        raise ValueError(f"--n-prompts must be >= 1, got {count}")
-    order = torch.randperm(length, generator=torch.Generator().manual_seed(seed))[:count]
-    return sorted(order.tolist())
-
-
-def open_dataset(args, resolution: int):
-    """The held-out dataset of ``--data`` / ``--split`` (items follow the shared dataset-item contract)."""
-    if args.data == "iuxray":
-        from cxrl.data.iuxray import IUXrayReports
-
-        return IUXrayReports(split=args.split, images_dir=args.images_dir, resolution=resolution)
-    if args.data == "mimic":
-        from cxrl.data import MimicCXR
-
-        if args.data_root is None:
-            raise ValueError("--data mimic needs --data-root (the MIMIC-CXR-JPG directory)")
-        return MimicCXR(args.data_root, split=args.split, resolution=resolution, reports_root=args.reports_root)
-    from cxrl.data import PhantomCXR
-
-    # phantoms rendered for the held-out split's reports: the FID reference set for the same prompts
-    return PhantomCXR(split=args.split, resolution=resolution)
-
-
-def choose_feature_extractor(args, evaluators, has_references: bool):
-    """The named FID extractor for ``--fid-features`` (see :func:`cxrl.eval.evaluate.build_feature_extractor`)."""
-    from cxrl.eval.evaluate import build_feature_extractor
-
-    cache = str(args.xrv_cache_dir) if args.xrv_cache_dir is not None else None
-    return build_feature_extractor(args.fid_features, args.data, evaluators, has_references=has_references,
-                                   xrv_weights=args.xrv_weights, xrv_cache_dir=cache, device=args.device)
+def evaluation_config(args):
+    """The config the evaluation reads: ``--config`` (or the defaults above), then the flags given."""
+    overrides = []
+    for flag, (key, default) in FLAG_KEYS.items():
+        value = getattr(args, flag)
+        if value is None and args.config is None:
+            value = default
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    paths = {k: getattr(args, f"{k}_evaluator") for k in ("posture", "diagnostic", "consistency")
+             if getattr(args, f"{k}_evaluator") is not None}
+    cfg = load_config(args.config or None, overrides)
+    cfg.eval.evaluator_paths.update(paths)
+    return cfg
 
 
 def load_models(args) -> tuple[dict, dict]:
     """``({"base": anchor, "tuned": policy}, {"tuned": ace})``; the anchor never gets ACE tokens."""
-    from cxrl.commands.sample import load_model
-    from cxrl.diffusion.ace import load_ace
-
     models, aces = {}, {}
     if args.baseline is not None:
-        models["base"], _ = load_model(args.baseline, args.device, use_ace=False)
-    models["tuned"], _ = load_model(args.model, args.device, use_ace=False)
-    ace = None if args.no_ace else load_ace(args.model, device=args.device, dtype=models["tuned"].dtype)
+        models["base"] = load_generator(resolve_asset(args.baseline), device=args.device)
+    tuned_dir = resolve_asset(args.model)
+    models["tuned"] = load_generator(tuned_dir, device=args.device)
+    ace = None if args.no_ace else load_ace(tuned_dir, device=args.device, dtype=models["tuned"].dtype)
     if ace is not None:
         aces["tuned"] = ace
     return models, aces
 
 
 def run(args) -> int:
-    from cxrl.eval.evaluate import SamplingSettings, evaluate_models
-    from cxrl.eval.evaluators import load_evaluators
-    from cxrl.eval.report import table_notes
-    from cxrl.eval.tables import markdown_table
-
-    if args.min_label_prompts < 1:
-        raise ValueError(f"--min-label-prompts must be >= 1, got {args.min_label_prompts}")
-    settings = SamplingSettings(samples_per_prompt=args.samples_per_prompt, num_steps=args.steps,
-                                guidance_scale=args.guidance, eta=args.eta, seed=args.seed,
-                                batch_size=args.batch_size).validate()
-    # an explicitly requested extractor is built first: missing weights fail before any sampling
-    extractor = choose_feature_extractor(args, None, True) if args.fid_features == "xrv" else None
+    cfg = evaluation_config(args)
     models, aces = load_models(args)
-    overrides = {k: getattr(args, f"{k}_evaluator") for k in ("posture", "diagnostic", "consistency")
-                 if getattr(args, f"{k}_evaluator") is not None}
-    evaluators = load_evaluators(args.evaluators, overrides, device=args.device, xrv_cache_dir=args.xrv_cache_dir)
-
-    resolution = args.resolution or models["tuned"].resolution[0]
-    dataset = open_dataset(args, resolution)
-    items = [dataset[i] for i in select_indices(len(dataset), min(args.n_prompts, len(dataset)), args.seed)]
-    has_references = sum(item.get("image") is not None for item in items) >= 2
-    if extractor is None:
-        extractor = choose_feature_extractor(args, evaluators, has_references)
-
+    inputs = evaluation_inputs(cfg, models["tuned"].resolution[0], args.device)
     model_dirs = {"tuned": str(args.model), **({"base": str(args.baseline)} if args.baseline is not None else {})}
-    extra = {"data": args.data, "split": args.split, "model_dirs": model_dirs}
-    results = evaluate_models(models, items, evaluators, extractor, aces=aces, settings=settings,
-                              out_dir=args.out, extra=extra, min_label_prompts=args.min_label_prompts)
-    print(markdown_table(results, table_notes(results)), end="")
-    print(f"cxrl evaluate: wrote metrics.json, run.json, results.md and grids/ in {args.out}")
+    extra = {"data": cfg.eval.source, "split": cfg.eval.split, "model_dirs": model_dirs}
+    evaluation = run_evaluation(models, inputs.items, inputs.evaluators, inputs.feature_extractor, cfg.eval, cfg.sampling,
+                                aces=aces, out_dir=args.out, extra=extra)
+    print(evaluation.table, end="")
+    print(f"cxrl evaluate: wrote metrics.json, run.json, results.md{', comparison.json' if evaluation.comparison else ''} "
+          f"and grids/ in {args.out}")
     return 0

@@ -1,11 +1,11 @@
 """``cxrl pretrain``: train the demo base generator on the phantom world (docs/demo.md).
 
-    cxrl pretrain --out cxrl/assets/base --overwrite          # reproduces the shipped base
-    cxrl pretrain --out /tmp/base steps=200 num_images=2000   # any PretrainConfig field as key=value
-    cxrl pretrain --config my_pretrain.yaml --out /tmp/base
+    cxrl pretrain --out cxrl/assets/base --overwrite                         # reproduces the shipped base
+    cxrl pretrain --out /tmp/base pretrain.steps=200 pretrain.num_images=2000  # any 'pretrain' key as key=value
+    cxrl pretrain --config my.yaml --out /tmp/base                           # the 'pretrain' section of a config
 
 Renders ``num_images`` phantoms from the IU X-ray *train* reports (validation/test prompts stay held
-out), trains the UNet + text encoder (cxrl.diffusion.pretrain), saves the EMA weights in the diffusers
+out), trains the UNet + text encoder (cxrl.training.pretrain), saves the EMA weights in the diffusers
 layout with ``pretrain.json`` beside them, and writes into ``--log-dir``: ``loss.jsonl`` (the loss
 every ``--log-every`` steps) and ``samples.png`` — generated images for held-out validation prompts
 (top rows) above phantoms rendered from the same reports (bottom rows).
@@ -13,16 +13,27 @@ every ``--log-every`` steps) and ``samples.png`` — generated images for held-o
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
+import torch
+
+from cxrl.config import load_config
+from cxrl.diffusion.rollout import sample_images
+from cxrl.eval.grids import save_grid
+from cxrl.training.pretrain import pretrain, save_pretrained_base
+from cxrl.training.pretrain_data import load_reports, render_training_set, report_texts
+
+log = logging.getLogger(__name__)
 GRID_SAMPLING = {"num_steps": 20, "guidance_scale": 3.0, "eta": 1.0}
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="PretrainConfig fields (cxrl/diffusion/pretrain.py), e.g. steps=200 learning_rate=5e-4")
-    parser.add_argument("--config", type=Path, default=None, help="YAML mapping of PretrainConfig fields")
+                        help="config overrides, e.g. pretrain.steps=200 pretrain.learning_rate=5e-4 (section "
+                             "'pretrain' of cxrl/config/sections.py)")
+    parser.add_argument("--config", type=Path, default=None, help="YAML config; its 'pretrain' section is used")
     parser.add_argument("--out", type=Path, default=Path("runs/pretrain/base"),
                         help="generator directory to write (default runs/pretrain/base; the shipped one is cxrl/assets/base)")
     parser.add_argument("--log-dir", type=Path, default=Path("runs/pretrain"),
@@ -35,52 +46,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def parse_overrides(items: list[str]) -> dict:
-    import yaml
-
-    values = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"override '{item}' is not of the form key=value (e.g. steps=200)")
-        key, raw = item.split("=", 1)
-        try:
-            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as err:
-            raise ValueError(f"override '{key}': value {raw!r} is not valid YAML ({err})") from err
-    return values
-
-
-def load_pretrain_config(path: Path | None, overrides: list[str]):
-    import yaml
-
-    from cxrl.diffusion.pretrain import PretrainConfig
-
-    values = {}
-    if path is not None:
-        if not path.is_file():
-            raise FileNotFoundError(f"--config: file {path} not found")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"--config {path} is not valid YAML: {err}") from err
-        if not isinstance(values, dict):
-            raise ValueError(f"--config {path}: expected a mapping of PretrainConfig fields, got {type(values).__name__}")
-    values.update(parse_overrides(overrides))
-    return PretrainConfig.from_dict(values)
-
-
 def held_out_grid(gen, cfg, count: int, path: Path) -> Path:
     """Samples for ``count`` distinct validation prompts (half of them with findings) above phantoms
     rendered from the same reports."""
-    import torch
-
-    from cxrl.diffusion.pretrain_data import load_reports, render_training_set
-    from cxrl.diffusion.rollout import sample_images
-    from cxrl.eval.grids import save_grid
-
-    reports = load_reports("validation", cfg.prompt_source)
+    reports = load_reports("validate", cfg.prompt_source)
     reference = render_training_set(reports, len(reports), cfg.resolution, cfg.seed + 1, cfg.posture_strength,
-                                    split="validation")
+                                    split="validate")
     normal, abnormal, seen = [], [], set()
     for i, prompt in enumerate(reports.prompts):  # reference item i is report i
         if prompt in seen:
@@ -98,12 +69,7 @@ def held_out_grid(gen, cfg, count: int, path: Path) -> Path:
 
 
 def run(args) -> int:
-    import torch
-
-    from cxrl.diffusion.pretrain import pretrain, save_pretrained_base
-    from cxrl.diffusion.pretrain_data import load_reports, render_training_set, report_texts
-
-    cfg = load_pretrain_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides).pretrain
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads: must be >= 1, got {args.threads}")
@@ -119,8 +85,8 @@ def run(args) -> int:
     data = render_training_set(reports, cfg.num_images, cfg.resolution, cfg.seed, cfg.posture_strength,
                                split="train", progress=progress)
     render_s = time.perf_counter() - t0
-    print(f"training set: {len(data)} phantoms at {cfg.resolution} px from {len(reports)} train reports "
-          f"({len(data.prompts)} distinct prompts), rendered in {render_s:.0f} s", flush=True)
+    log.info("training set: %d phantoms at %d px from %d train reports (%d distinct prompts), rendered in %.0f s",
+             len(data), cfg.resolution, len(reports), len(data.prompts), render_s)
 
     loss_log = (log_dir / "loss.jsonl").open("w")
 
@@ -128,7 +94,7 @@ def run(args) -> int:
         loss_log.write(json.dumps(record) + "\n")
         loss_log.flush()
         if not progress:
-            print(f"step {record['step']}: loss {record['loss']:.4f} lr {record['lr']:.2e}", flush=True)
+            log.info("step %d: loss %.4f lr %.2e", record["step"], record["loss"], record["lr"])
 
     try:
         result = pretrain(cfg, data, report_texts(reports), progress=progress, log_every=args.log_every, on_log=on_log)
@@ -143,5 +109,5 @@ def run(args) -> int:
     if args.grid_prompts > 0:
         grid = held_out_grid(result.gen, cfg, args.grid_prompts, log_dir / "samples.png")
         print(f"sample grid: {grid}", flush=True)
-    print(f"total wall time {time.perf_counter() - t0:.0f} s", flush=True)
+    log.info("total wall time %.0f s", time.perf_counter() - t0)
     return 0

@@ -14,12 +14,19 @@ from pathlib import Path
 
 import torch
 
+from cxrl.compose import resolve_asset
+from cxrl.config import Config, apply_overrides
+from cxrl.diffusion.ace import load_ace
+from cxrl.diffusion.generator import load_generator
+from cxrl.eval.evaluate import generate_samples
+from cxrl.eval.grids import save_grid, tensor_to_pil
+
 
 def add_arguments(parser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="one prompt (a report text)")
     source.add_argument("--prompts", type=Path, help="a text file with one prompt per line (blank lines skipped)")
-    parser.add_argument("--model", type=Path, required=True, help="generator directory (diffusers layout, see cxrl.diffusion)")
+    parser.add_argument("--model", required=True, help="generator directory (diffusers layout, see cxrl.diffusion) or asset:NAME")
     parser.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
     parser.add_argument("--out", type=Path, default=Path("samples"), help="output directory (default ./samples)")
@@ -42,27 +49,24 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def load_model(model_dir: Path, device, use_ace: bool):
-    """(generator, ace or None) from a saved generator directory."""
-    from cxrl.diffusion import load_generator
-    from cxrl.diffusion.ace import load_ace
-
+def load_model(model: str | Path, device, use_ace: bool):
+    """(generator, ace or None) from a saved generator directory (or ``asset:NAME``)."""
+    model_dir = resolve_asset(model)
     gen = load_generator(model_dir, device=device)
     ace = load_ace(model_dir, device=device, dtype=gen.dtype, required=True) if use_ace else None
     return gen, ace
 
 
 def run(args) -> int:
-    from cxrl.eval.evaluate import SamplingSettings, generate_samples
-    from cxrl.eval.grids import save_grid, tensor_to_pil
-
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
     if not prompts[0].strip():
         raise ValueError("--prompt: empty prompt")
-    settings = SamplingSettings(samples_per_prompt=args.n, num_steps=args.steps, guidance_scale=args.guidance,
-                                eta=args.eta, seed=args.seed, batch_size=args.batch_size).validate()
+    # the flags, checked like any config: eval.* says how many and in which batches, sampling.* how
+    cfg = apply_overrides(Config(), [f"eval.samples_per_prompt={args.n}", f"eval.seed={args.seed}", f"eval.batch_size={args.batch_size}",
+                             f"sampling.num_steps={args.steps}", f"sampling.guidance_scale={args.guidance}",
+                             f"sampling.eta={args.eta}"])
     gen, ace = load_model(args.model, args.device, args.ace)
-    samples = generate_samples(gen, prompts, settings, ace=ace)
+    samples = generate_samples(gen, prompts, cfg.eval, cfg.sampling, ace=ace)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     width = max(3, len(str(len(prompts) - 1)))

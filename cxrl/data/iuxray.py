@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import importlib.util
 import tarfile
 import threading
 import zlib
@@ -20,32 +21,32 @@ from xml.etree import ElementTree
 
 import torch
 
+from cxrl.config.sections import SPLITS
 from cxrl.data.images import IMAGE_ERRORS, load_gray_uint8, resolve_inside, uint8_to_tensor
 from cxrl.data.issues import DataIssues
 from cxrl.data.labeler import label_sections
 from cxrl.data.labels import labels_to_tensor
 from cxrl.data.prompts import build_prompt
 
-SPLITS = ("train", "validation", "test")
-_SPLIT_ALIASES = {"val": "validation", "valid": "validation", "validate": "validation"}
 _SECTION_ORDER = ("indication", "comparison", "findings", "impression")
 
 
 def torchxrayvision_data_file(name: str) -> Path:
-    try:
-        import torchxrayvision
-    except ImportError as exc:  # a declared dependency, but say what to do
-        raise FileNotFoundError(f"{name}: needs the torchxrayvision package (pip install torchxrayvision)") from exc
-    path = Path(torchxrayvision.__file__).parent / "data" / name
+    """A data file shipped inside the torchxrayvision wheel, found without importing the package (its import
+    pulls in scikit-image and pandas: seconds per process, for a path)."""
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or not spec.submodule_search_locations:  # a declared dependency, but say what to do
+        raise FileNotFoundError(f"{name}: needs the torchxrayvision package (pip install torchxrayvision)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / name
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; reinstall torchxrayvision (>= 1.2) which ships this file")
     return path
 
 
 def split_of(report_id: int) -> str:
-    """80/10/10 train/validation/test by a stable hash of the id."""
+    """80/10/10 train/validate/test by a stable hash of the id."""
     bucket = zlib.crc32(f"iuxray-{report_id}".encode()) % 10
-    return "train" if bucket < 8 else ("validation" if bucket == 8 else "test")
+    return "train" if bucket < 8 else ("validate" if bucket == 8 else "test")
 
 
 @dataclass(frozen=True)
@@ -128,12 +129,11 @@ class IUXrayReports(torch.utils.data.Dataset):
     skipped and counted as ``empty_report`` (see ``.issues``); with ``images_dir``, reports without a
     readable frontal image are skipped and counted too (``strict=True`` raises instead).
     """
-
     def __init__(self, split: str | None = "train", path: Path | str | None = None, images_dir: Path | str | None = None,
+
                  resolution: int = 512, prompt_source: str = "impression", max_prompt_tokens: int | None = None,
                  tokenizer=None, strict: bool = False):
         if split is not None:
-            split = _SPLIT_ALIASES.get(split, split)
             if split not in SPLITS:
                 raise ValueError(f"split '{split}' is not one of {SPLITS} (or None for all reports)")
         if resolution < 8:
@@ -186,6 +186,10 @@ class IUXrayReports(torch.utils.data.Dataset):
 
     def label_tensor(self, index: int) -> torch.Tensor:
         return labels_to_tensor(self.reports[index].labels)
+
+    def prompt_entry(self, index: int) -> dict:
+        """``{"prompt", "labels"}`` of item ``index`` without reading its image."""
+        return {"prompt": self.prompts[index], "labels": self.label_tensor(index)}
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self.reports):

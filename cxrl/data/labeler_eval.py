@@ -11,6 +11,8 @@ import argparse
 import json
 from dataclasses import dataclass
 
+from cxrl.data.iuxray import load_iu_reports, split_of
+
 # CheXpert label -> MeSH major-term prefixes (a term "A/B/C" matches prefix "A" or "A/B").
 MESH_TO_LABEL: dict[str, tuple[str, ...]] = {
     "No Finding": ("normal",),
@@ -72,8 +74,6 @@ def evaluate(split: str | None = None, uncertain_as_positive: bool = False) -> t
     A label is predicted when the labeler says 1 (and also -1 with ``uncertain_as_positive``): MeSH
     indexers mostly tag what a report asserts, not what it hedges ("may represent pneumonia")."""
     predicted_values = (1, -1) if uncertain_as_positive else (1,)
-    from cxrl.data.iuxray import load_iu_reports, split_of
-
     reports, _ = load_iu_reports()
     counts = {label: [0, 0, 0] for label in (*MESH_TO_LABEL, NO_PATHOLOGY)}  # support, predicted, tp
     n = 0
@@ -112,8 +112,6 @@ def format_table(scores: list[LabelScore], n_reports: int) -> str:
 
 def list_errors(label: str, split: str | None = None, kind: str = "fp", limit: int = 20) -> list[str]:
     """Report texts the labeler gets wrong for ``label`` (``kind``: fp or fn) — for rule work."""
-    from cxrl.data.iuxray import load_iu_reports, split_of
-
     if label not in MESH_TO_LABEL:
         raise ValueError(f"label '{label}' is not a CheXpert label")
     out = []
@@ -130,7 +128,7 @@ def list_errors(label: str, split: str | None = None, kind: str = "fp", limit: i
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--split", choices=("train", "validation", "test"), default=None, help="default: all reports")
+    parser.add_argument("--split", choices=("train", "validate", "test"), default=None, help="default: all reports")
     parser.add_argument("--json", action="store_true", help="print scores as JSON")
     parser.add_argument("--uncertain-as-positive", action="store_true", help="count -1 as a prediction too")
     parser.add_argument("--errors", metavar="LABEL", help="list false positives/negatives for one label")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from cxrl.config.sections import SPLITS
 from cxrl.data.image_cache import DONE, FAILED, open_image_cache, prepare_image_cache
 from cxrl.data.images import IMAGE_ERRORS, load_gray_uint8, resolve_inside, uint8_to_tensor
 from cxrl.data.issues import DataIssues
@@ -23,8 +24,6 @@ from cxrl.data.labels import CHEXPERT_LABELS, NUM_LABELS, apply_label_policy
 from cxrl.data.prompts import build_prompt, prompt_from_labels
 
 PREFIX = "mimic-cxr-2.0.0-"
-SPLITS = ("train", "validate", "test")
-_SPLIT_ALIASES = {"val": "validate", "valid": "validate", "validation": "validate"}
 _HOW_TO_GET = "MIMIC-CXR-JPG is credentialed data: download it from https://physionet.org/content/mimic-cxr-jpg/"
 
 
@@ -77,15 +76,14 @@ class MimicCXR(torch.utils.data.Dataset):
     and for a missing/empty report, the prompt is written from the labels).
     ``cache_dir``: where :meth:`prepare` writes the resized-image memmap (default ``~/.cache/cxrl/mimic``).
     """
-
     def __init__(self, root, split: str = "train", views=("PA", "AP"), resolution: int = 512, reports_root=None,
+
                  label_source: str = "chexpert", uncertain: str = "keep", blank: str = "ignore",
                  prompt_source: str = "impression", max_prompt_tokens: int | None = None, tokenizer=None,
                  cache_dir=None, strict: bool = False, check_files: bool = True):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"MIMIC-CXR-JPG root {self.root}: not a directory. {_HOW_TO_GET}")
-        split = _SPLIT_ALIASES.get(split, split)
         if split not in SPLITS:
             raise ValueError(f"split '{split}' is not one of {SPLITS}")
         if label_source not in ("chexpert", "negbio"):
@@ -228,6 +226,11 @@ class MimicCXR(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def prompt_entry(self, index: int) -> dict:
+        """``{"prompt", "labels"}`` of item ``index`` (labels after the label policy) without reading its image."""
+        raw = self.labels[index]
+        return {"prompt": self._prompt(index, raw)[0], "labels": apply_label_policy(raw, self.uncertain, self.blank)}
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self.records):

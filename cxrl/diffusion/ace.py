@@ -28,6 +28,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 ACE_DIR = "ace"
@@ -86,8 +87,6 @@ class AdaptiveConditionEmbedding(nn.Module):
 
     def save(self, directory: str | Path) -> Path:
         """Write ``directory/ace/ace.safetensors`` + ``directory/ace/config.json``; returns the ace dir."""
-        from safetensors.torch import save_file
-
         out = Path(directory) / ACE_DIR
         out.mkdir(parents=True, exist_ok=True)
         save_file({"tokens": self.tokens.detach().float().cpu().contiguous()}, str(out / ACE_WEIGHTS))
@@ -103,8 +102,6 @@ def load_ace(directory: str | Path, device="cpu", dtype: torch.dtype = torch.flo
 
     Returns ``None`` when the generator was saved without ACE, unless ``required``.
     """
-    from safetensors.torch import load_file
-
     ace_dir = Path(directory) / ACE_DIR
     config_path, weights_path = ace_dir / ACE_CONFIG, ace_dir / ACE_WEIGHTS
     if not ace_dir.exists():

@@ -29,8 +29,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import diffusers
 import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from safetensors.torch import save_file
 from torch import nn
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from cxrl.diffusion.lora import has_lora, load_lora, merged_state_dict, save_lora
 
@@ -166,9 +170,6 @@ def load_generator(path: str | Path, device="cpu", dtype: torch.dtype = torch.fl
     ``gen.unet.requires_grad_(True)``. A ``lora/`` adapter saved beside the weights is re-attached,
     frozen too (to train it further: ``requires_grad_(True)`` on the parameters named ``lora_``).
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
     root = Path(path)
     _check_layout(root)
     device = torch.device(device)
@@ -207,8 +208,6 @@ def load_generator(path: str | Path, device="cpu", dtype: torch.dtype = torch.fl
 
 
 def _model_index(gen: Generator) -> dict:
-    import diffusers
-
     index = {
         "_diffusers_version": diffusers.__version__,
         "unet": ["diffusers", "UNet2DConditionModel"],
@@ -228,8 +227,6 @@ def _model_index(gen: Generator) -> dict:
 
 
 def _save_unet(unet: nn.Module, out: Path, merge: bool) -> None:
-    from safetensors.torch import save_file
-
     out.mkdir(parents=True, exist_ok=True)
     unet.save_config(str(out))
     if has_lora(unet) and merge:

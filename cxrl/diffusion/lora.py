@@ -13,6 +13,9 @@ import json
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -22,8 +25,6 @@ LORA_FORMAT = "cxrl-lora"
 
 
 def has_lora(unet: nn.Module) -> bool:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     return any(isinstance(m, BaseTunerLayer) for m in unet.modules())
 
 
@@ -33,8 +34,6 @@ def apply_lora(unet: nn.Module, rank: int = 4, alpha: float | None = None,
 
     ``alpha`` defaults to ``rank`` (LoRA scale 1).
     """
-    from peft import LoraConfig
-
     if not isinstance(rank, int) or rank <= 0:
         raise ValueError(f"rank={rank!r}: LoRA rank must be a positive int")
     alpha = float(rank if alpha is None else alpha)
@@ -57,8 +56,6 @@ def trainable_parameters(unet: nn.Module) -> list[nn.Parameter]:
 
 def lora_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
     """The LoRA tensors only (peft strips the adapter name: keys like ``...to_q.lora_A.weight``), detached."""
-    from peft import get_peft_model_state_dict
-
     if not has_lora(unet):
         raise ValueError("unet: has no LoRA layers (call apply_lora first)")
     return {k: v.detach() for k, v in get_peft_model_state_dict(unet).items()}
@@ -66,8 +63,6 @@ def lora_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_lora_state_dict(unet: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Copy LoRA tensors into ``unet``'s existing adapter; every key must match exactly."""
-    from peft import set_peft_model_state_dict
-
     expected = lora_state_dict(unet)
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -98,8 +93,6 @@ def merged_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
     Computed without touching ``unet`` (training goes on after a checkpoint) and without copying the
     whole model: only the adapted layers get a new merged weight tensor.
     """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     merged: dict[str, torch.Tensor] = {}
     lora_prefixes = []
     for name, module in unet.named_modules():
@@ -121,8 +114,6 @@ def merged_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_lora(unet: nn.Module, directory: str | Path) -> Path:
-    from safetensors.torch import save_file
-
     config = getattr(unet, "cxrl_lora_config", None)
     if config is None:
         raise ValueError("unet: its LoRA adapter was not added by cxrl.diffusion.apply_lora, so its rank/alpha are unknown")
@@ -136,8 +127,6 @@ def save_lora(unet: nn.Module, directory: str | Path) -> Path:
 
 def load_lora(unet: nn.Module, directory: str | Path) -> nn.Module:
     """Add the adapter described by ``directory/adapter_config.json`` to ``unet`` and load its weights."""
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     config_path, weights_path = directory / LORA_CONFIG, directory / LORA_WEIGHTS
     for path in (config_path, weights_path):

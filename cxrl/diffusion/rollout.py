@@ -22,9 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 from cxrl.diffusion.ace import guided_context
 from cxrl.diffusion.ddim import ddim_step_with_logprob, tables_for
+from cxrl.kernels.ddim_logprob import fused_ddim_step
 
 DEFAULT_GUIDANCE_SCALE = 5.0
 
@@ -124,8 +126,6 @@ def rollout(gen, prompt_embeds: torch.Tensor, store=None, start: int = 0, *, ace
     generator = _as_generator(generator, device)
 
     if initial_noise is None:
-        from diffusers.utils.torch_utils import randn_tensor
-
         initial_noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
     elif tuple(initial_noise.shape) != shape:
         raise ValueError(f"initial_noise: expected {list(shape)}, got {list(initial_noise.shape)}")
@@ -222,8 +222,6 @@ def recompute_log_prob(gen, x_t: torch.Tensor, x_prev: torch.Tensor, timesteps: 
     _, log_prob = ddim_step_with_logprob(tables, uncond, timesteps, x_t, eta, prev_sample=x_prev, **extra)
     if not return_details:
         return log_prob
-    from cxrl.kernels.ddim_logprob import fused_ddim_step
-
     alpha_t, alpha_prev, std = tables.coefficients(timesteps, batch, float(eta))
     # Drawing with zero noise returns the mean itself, through the same fused arithmetic.
     mean, _ = fused_ddim_step(uncond, x_t, alpha_t, alpha_prev, std, noise=torch.zeros_like(x_t),

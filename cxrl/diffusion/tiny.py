@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from cxrl.diffusion.tokenizer import build_clip_tokenizer
 
@@ -142,8 +144,6 @@ def make_tiny_generator(
 
 
 def _save_text_encoder(spec: _Spec, tokenizer, where: Path) -> None:
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     width = spec.cross_attention_dim
     config = CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
@@ -155,8 +155,6 @@ def _save_text_encoder(spec: _Spec, tokenizer, where: Path) -> None:
 
 
 def _save_unet(spec: _Spec, where: Path) -> None:
-    from diffusers import UNet2DConditionModel
-
     levels = len(spec.block_out_channels)
     diffused = spec.latent_channels if spec.kind == "latent" else spec.channels
     unet = UNet2DConditionModel(
@@ -171,8 +169,6 @@ def _save_unet(spec: _Spec, where: Path) -> None:
 
 
 def _save_vae(spec: _Spec, where: Path) -> None:
-    from diffusers import AutoencoderKL
-
     vae = AutoencoderKL(
         in_channels=spec.channels, out_channels=spec.channels, latent_channels=spec.latent_channels,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
@@ -183,8 +179,6 @@ def _save_vae(spec: _Spec, where: Path) -> None:
 
 
 def _save_scheduler(spec: _Spec, where: Path) -> None:
-    from diffusers import DDIMScheduler
-
     if spec.kind == "latent":
         # Stable Diffusion's schedule (what RoentGen ships), so the tiny latent model mirrors it.
         betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")

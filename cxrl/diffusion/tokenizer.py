@@ -22,6 +22,9 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import CLIPTokenizer
+
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 END_OF_WORD = "</w>"
@@ -46,8 +49,6 @@ def _byte_symbols() -> list[str]:
 
 
 def _pre_tokenizer():
-    from tokenizers import Regex, normalizers, pre_tokenizers
-
     normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
     )
@@ -75,9 +76,6 @@ def build_clip_tokenizer(
     tokens); a small corpus may run out of pairs seen ``min_frequency`` times first, so size the text
     encoder's embedding table from ``len(tokenizer)``, not from ``vocab_size``.
     """
-    from tokenizers import Tokenizer, models, trainers
-    from transformers import CLIPTokenizer
-
     if vocab_size < BASE_VOCAB_SIZE + 2:
         raise ValueError(
             f"vocab_size={vocab_size}: a CLIP vocabulary needs at least {BASE_VOCAB_SIZE + 2} entries "

@@ -13,6 +13,8 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxrl.rewards.loading import load_reward_model
+
 EVALUATOR_KINDS = ("posture", "diagnostic", "consistency")
 DEFAULT_EVALUATOR_ROOT = Path(__file__).resolve().parent.parent / "assets" / "evaluators"
 # the shipped *reward* models the RL optimises by default: refused as evaluators
@@ -70,8 +72,6 @@ def load_evaluators(root: str | Path | None = None, paths: dict[str, str | Path]
     uses a torchxrayvision classifier (e.g. ``xrv:densenet121-res224-mimic_ch`` for MIMIC-CXR) from
     ``xrv_cache_dir`` — only when the RL did not optimise that same network.
     """
-    from cxrl.rewards.loading import load_reward_model
-
     paths = dict(paths or {})
     unknown = sorted(set(paths) - set(EVALUATOR_KINDS)) + sorted(set(kinds) - set(EVALUATOR_KINDS))
     if unknown:

@@ -16,13 +16,13 @@ extractor here carries a ``name`` that goes into ``metrics.json`` as ``feature_e
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from cxrl.rewards.base import LUMINANCE_WEIGHTS
+from cxrl.rewards.base import to_grayscale
+from cxrl.rewards.xrv_backend import xrv_weights_path
 
 XRV_DEFAULT_WEIGHTS = "densenet121-res224-all"
 
@@ -84,15 +84,6 @@ def fid_from_features(features_a: torch.Tensor, features_b: torch.Tensor) -> flo
     return frechet_distance(feature_statistics(features_a), feature_statistics(features_b))
 
 
-def _to_grayscale(images: torch.Tensor) -> torch.Tensor:
-    if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be [B, 1 or 3, H, W] in [0, 1], got shape {tuple(images.shape)}")
-    if images.shape[1] == 1:
-        return images
-    weights = torch.tensor(LUMINANCE_WEIGHTS, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    return (images * weights).sum(dim=1, keepdim=True)  # BT.601 luminance, as the reward models
-
-
 class XRVDenseNetFeatures:
     """torchxrayvision DenseNet-121 ``features2``: 1024-d, input 1x224x224 in [-1024, 1024].
 
@@ -101,24 +92,20 @@ class XRVDenseNetFeatures:
     never replaced by another network. torchxrayvision unpickles its weight files
     (``torch.load(weights_only=False)``), so only put trusted files in the cache dir.
     """
-
     input_size = 224
     dim = 1024
 
     def __init__(self, weights: str = XRV_DEFAULT_WEIGHTS, cache_dir: str | None = None, device: str | torch.device = "cpu"):
-        import torchxrayvision as xrv
+        import torchxrayvision as xrv  # heavy (skimage, pandas): only when these features are asked for
 
         if weights not in xrv.models.model_urls or not weights.startswith("densenet121"):
             valid = sorted(k for k in xrv.models.model_urls if k.startswith("densenet121"))
             raise ValueError(f"feature extractor weights '{weights}' is not a torchxrayvision DenseNet-121; valid: {valid}")
-        folder = cache_dir if cache_dir is not None else xrv.utils.get_cache_dir()
-        url = xrv.models.model_urls[weights]["weights_url"]
-        path = os.path.expanduser(os.path.join(folder, os.path.basename(url)))
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"FID feature extractor 'xrv-{weights}': weights file {path} not found. Fetch it on a machine "
-                f"with internet (`wget {url} -O {path}`) and copy it there, or choose another extractor."
-            )
+
+        try:
+            folder = str(xrv_weights_path(weights, cache_dir).parent)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"FID feature extractor 'xrv-{weights}': {err}") from None
         self.weights = weights
         self.name = f"xrv-{weights}/features2"
         self.device = torch.device(device)
@@ -126,7 +113,7 @@ class XRVDenseNetFeatures:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = _to_grayscale(images).to(self.device, torch.float32)
+        x = to_grayscale(images, "FID features").to(self.device, torch.float32)
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True)
         x = x.clamp(0, 1) * 2048.0 - 1024.0  # torchxrayvision's pixel convention

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 
 LINE_HEIGHT = 12  # PIL's built-in bitmap font is ~11 px high
@@ -43,10 +44,8 @@ def _font():
     global _FONT
     if _FONT is None:
         try:
-            from matplotlib import font_manager
-
             _FONT = ImageFont.truetype(font_manager.findfont("DejaVu Sans", fallback_to_default=True), 10)
-        except (ImportError, OSError, ValueError):
+        except (OSError, ValueError):
             _FONT = ImageFont.load_default()
     return _FONT
 

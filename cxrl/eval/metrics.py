@@ -51,7 +51,8 @@ def batched_scores(model, images: torch.Tensor, prompts: Sequence[str], metadata
     return values
 
 
-def _finite_mean(values: torch.Tensor, what: str) -> float:
+def finite_mean(values: torch.Tensor, what: str) -> float:
+    """Mean of an evaluator's scores; an empty or non-finite set is an error naming ``what``."""
     if values.numel() == 0:
         raise ValueError(f"{what}: no images to score")
     if not torch.isfinite(values).all():
@@ -62,10 +63,10 @@ def _finite_mean(values: torch.Tensor, what: str) -> float:
 def posture_alignment(posture_model, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict] | None = None,
                       batch_size: int = 32) -> float:
     """r_align: mean posture reward ``-||psi - psi_identity||`` over the images (higher is better, <= 0)."""
-    return _finite_mean(batched_scores(posture_model, images, prompts, metadata, batch_size), "posture r_align")
+    return finite_mean(batched_scores(posture_model, images, prompts, metadata, batch_size), "posture r_align")
 
 
 def image_report_consistency(consistency_model, images: torch.Tensor, prompts: Sequence[str],
                              metadata: Sequence[dict] | None = None, batch_size: int = 32) -> float:
     """sim: mean cosine similarity of image and report embeddings (in [-1, 1], higher is better)."""
-    return _finite_mean(batched_scores(consistency_model, images, prompts, metadata, batch_size), "image-report consistency")
+    return finite_mean(batched_scores(consistency_model, images, prompts, metadata, batch_size), "image-report consistency")

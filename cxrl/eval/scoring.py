@@ -6,15 +6,28 @@ sanity check), so it is the piece to reuse from a notebook.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
+from cxrl.data.labels import CHEXPERT_LABELS, NUM_LABELS
 from cxrl.eval.auroc import macro_auroc, supported_label_columns
 from cxrl.eval.evaluators import Evaluators
 from cxrl.eval.fid import extract_features, fid_from_features
-from cxrl.eval.metrics import image_report_consistency, posture_alignment
+from cxrl.eval.metrics import batched_scores, finite_mean
 from cxrl.eval.ms_ssim import ms_ssim_diversity
+
+
+@dataclass
+class SampleScores:
+    """The evaluators' raw outputs per sample, ``[P, S]`` (prompt, sample): posture r_align and consistency
+    (float64), the diagnostic evaluator's probabilities ``probs [P, S, NUM_LABELS]``; None where that
+    evaluator is absent. Metrics and paired comparisons are computed from these."""
+
+    posture: torch.Tensor | None
+    consistency: torch.Tensor | None
+    probs: torch.Tensor | None
 
 
 def _clean(value):
@@ -24,28 +37,23 @@ def _clean(value):
     return value
 
 
-def _label_names() -> list[str]:
-    from cxrl.data.labels import CHEXPERT_LABELS
-
-    return list(CHEXPERT_LABELS)
-
-
 def item_labels(items: Sequence[dict]) -> torch.Tensor:
-    """Stack the items' ``labels`` (FloatTensor[14] each; a missing one is all-unmentioned) -> [P, 14]."""
+    """Stack the items' ``labels`` (FloatTensor[NUM_LABELS] each; a missing one is all-unmentioned) -> [P, NUM_LABELS]."""
     rows = []
     for i, item in enumerate(items):
         labels = item.get("labels")
-        labels = torch.full((14,), math.nan) if labels is None else torch.as_tensor(labels, dtype=torch.float32).flatten()
-        if labels.numel() != 14:
-            raise ValueError(f"items[{i}] (id {item.get('id')!r}): 'labels' has {labels.numel()} entries, expected 14")
+        labels = torch.full((NUM_LABELS,), math.nan) if labels is None else torch.as_tensor(labels, dtype=torch.float32).flatten()
+        if labels.numel() != NUM_LABELS:
+            raise ValueError(f"items[{i}] (id {item.get('id')!r}): 'labels' has {labels.numel()} entries, expected {NUM_LABELS}")
         rows.append(labels)
     return torch.stack(rows)
 
 
 def score_samples(samples: torch.Tensor, items: Sequence[dict], evaluators: Evaluators,
                   feature_extractor=None, reference_features: torch.Tensor | None = None,
-                  batch_size: int = 32, min_label_prompts: int = 1) -> dict:
-    """The paper metrics for ``samples [P, S, C, H, W]`` in [0, 1] made from ``items[p]["prompt"]``.
+                  batch_size: int = 32, min_label_prompts: int = 1) -> tuple[dict, SampleScores]:
+    """The paper metrics for ``samples [P, S, C, H, W]`` in [0, 1] made from ``items[p]["prompt"]``, and the
+    per-sample evaluator outputs they were computed from.
 
     Returns a JSON-ready dict: ``posture`` (r_align), ``auroc`` (macro over the labels with at least
     ``min_label_prompts`` positive and as many negative prompts; ``auroc_all_labels``: every label with both classes),
@@ -66,15 +74,22 @@ def score_samples(samples: torch.Tensor, items: Sequence[dict], evaluators: Eval
     notes: list[str] = []
     result: dict = {"n_prompts": int(num_prompts), "samples_per_prompt": int(per_prompt), "n_images": int(images.shape[0])}
 
-    result["posture"] = posture_alignment(evaluators.posture, images, prompts, metadata, batch_size) if evaluators.posture else None
-    result["consistency"] = (image_report_consistency(evaluators.consistency, images, prompts, metadata, batch_size)
-                             if evaluators.consistency else None)
+    scores = SampleScores(None, None, None)
+    for kind, what in (("posture", "posture r_align"), ("consistency", "image-report consistency")):
+        model = getattr(evaluators, kind)
+        if model is not None:
+            values = batched_scores(model, images, prompts, metadata, batch_size)
+            result[kind] = finite_mean(values, what)
+            setattr(scores, kind, values.view(num_prompts, per_prompt))
+        else:
+            result[kind] = None
     if evaluators.diagnostic is not None:
         probs = torch.cat([evaluators.diagnostic.predict_proba(images[i:i + batch_size]).detach().cpu()
                            for i in range(0, images.shape[0], batch_size)])
+        scores.probs = probs.view(num_prompts, per_prompt, -1)
         columns = supported_label_columns(prompt_labels, min_label_prompts)
-        auroc = macro_auroc(probs, labels, _label_names(), columns=columns)
-        every_label = macro_auroc(probs, labels, _label_names())
+        auroc = macro_auroc(probs, labels, list(CHEXPERT_LABELS), columns=columns)
+        every_label = macro_auroc(probs, labels, list(CHEXPERT_LABELS))
         result["auroc"] = _clean(auroc.macro)
         result["auroc_min_label_prompts"] = int(min_label_prompts)
         result["auroc_labels"] = list(auroc.per_label)
@@ -110,7 +125,7 @@ def score_samples(samples: torch.Tensor, items: Sequence[dict], evaluators: Eval
         result["fid_reference_images"] = int(reference_features.shape[0])
     result["evaluators"] = evaluators.describe()
     result["notes"] = notes
-    return {k: _clean(v) for k, v in result.items()}
+    return {k: _clean(v) for k, v in result.items()}, scores
 
 
 def reference_images(items: Sequence[dict]) -> torch.Tensor | None:

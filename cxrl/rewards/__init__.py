@@ -11,9 +11,16 @@ from cxrl.rewards.base import RewardModel, check_reward_output, prepare_cxr, to_
 from cxrl.rewards.consistency import CLIPDirEncoder, ConsistencyReward, DualEncoder, info_nce_loss
 from cxrl.rewards.custom import FunctionReward, load_custom_reward
 from cxrl.rewards.diagnostic import CXRClassifier, DiagnosticReward, masked_bce_loss, masked_bce_score
-from cxrl.rewards.loading import load_evaluator, load_reward_model, reward_from_config, shipped_path
-from cxrl.rewards.posture import (IDENTITY_POSTURE, PostureNet, PostureReward, canonicalize, pose_images,
-                                  posture_matrix, sample_postures)
+from cxrl.rewards.loading import load_evaluator, load_reward_model, shipped_path
+from cxrl.rewards.posture import (
+                                  IDENTITY_POSTURE,
+                                  PostureNet,
+                                  PostureReward,
+                                  canonicalize,
+                                  pose_images,
+                                  posture_matrix,
+                                  sample_postures,
+)
 from cxrl.rewards.rlcf import AnchorScoreCache, SeedBank, anchor_weights_hash, noise_for
 from cxrl.rewards.suite import RewardOutput, RewardSuite
 from cxrl.rewards.xrv_backend import XRV_TO_CHEXPERT, XRVClassifier
@@ -23,6 +30,5 @@ __all__ = [
     "DualEncoder", "FunctionReward", "IDENTITY_POSTURE", "PostureNet", "PostureReward", "RewardModel", "RewardOutput",
     "RewardSuite", "SeedBank", "XRVClassifier", "XRV_TO_CHEXPERT", "anchor_weights_hash", "canonicalize", "pose_images",
     "check_reward_output", "info_nce_loss", "load_custom_reward", "load_evaluator", "load_reward_model",
-    "masked_bce_loss", "masked_bce_score", "noise_for", "posture_matrix", "prepare_cxr", "reward_from_config",
-    "sample_postures", "shipped_path", "to_grayscale",
+    "masked_bce_loss", "masked_bce_score", "noise_for", "posture_matrix", "prepare_cxr", "sample_postures", "shipped_path", "to_grayscale",
 ]

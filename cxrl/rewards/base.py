@@ -18,6 +18,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from cxrl.data.labeler import label_report
+from cxrl.data.labels import NUM_LABELS, labels_to_tensor
+
 LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
 
 
@@ -116,18 +119,16 @@ def prepare_cxr(images: torch.Tensor, resolution: int, name: str = "reward", dty
 
 
 def labels_from_metadata(name: str, prompts: list[str], metadata: list[dict], device) -> torch.Tensor:
-    """Stack ``metadata[i]["labels"]`` into [B, 14]; label the prompt text with the report labeler when absent."""
+    """Stack ``metadata[i]["labels"]`` into [B, NUM_LABELS]; label the prompt text with the report labeler when absent."""
     rows = []
     for i, (prompt, meta) in enumerate(zip(prompts, metadata)):
         labels = meta.get("labels") if isinstance(meta, dict) else None
         if labels is None:
-            from cxrl.data.labels import labels_to_tensor
-            from cxrl.data import label_report
-
             labels = labels_to_tensor(label_report(prompt))
         labels = torch.as_tensor(labels, dtype=torch.float32).flatten()
-        if labels.numel() != 14:
-            raise ValueError(f"reward '{name}': metadata[{i}]['labels'] has {labels.numel()} entries; expected 14 (CheXpert order)")
+        if labels.numel() != NUM_LABELS:
+            raise ValueError(f"reward '{name}': metadata[{i}]['labels'] has {labels.numel()} entries; "
+                             f"expected {NUM_LABELS} (CheXpert order)")
         rows.append(labels)
     return torch.stack(rows).to(device)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AutoTokenizer, CLIPModel
 
 from cxrl.rewards.base import RewardModel, prepare_cxr, to_grayscale
 from cxrl.rewards.nets import ConvEncoder, load_state_strict, read_model_dir, save_model_dir
@@ -38,8 +39,6 @@ def load_tokenizer(tokenizer_or_dir):
     if not path.is_dir():
         raise FileNotFoundError(f"consistency tokenizer: directory {path} does not exist (a CLIP-format tokenizer saved "
                                 f"with save_pretrained, e.g. the generator's tokenizer/ folder)")
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
@@ -128,8 +127,6 @@ class CLIPDirEncoder(nn.Module):
 
     def __init__(self, path, tokenizer=None):
         super().__init__()
-        from transformers import CLIPModel
-
         root = Path(path)
         if not (root / "config.json").is_file():
             raise FileNotFoundError(f"consistency CLIP backend: {root / 'config.json'} not found; expected a CLIP-style model "

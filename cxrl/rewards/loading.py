@@ -8,17 +8,21 @@ models evaluation uses, never the ones the RL optimised.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
 from cxrl.rewards.base import RewardModel
+from cxrl.rewards.consistency import ConsistencyReward
+from cxrl.rewards.diagnostic import DiagnosticReward
+from cxrl.rewards.posture import PostureReward
+from cxrl.rewards.xrv_backend import XRVClassifier
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 REWARDS_DIR = ASSETS / "rewards"
 EVALUATORS_DIR = ASSETS / "evaluators"
 BUILTIN = ("posture", "diagnostic", "consistency")
 BACKENDS = {"posture": ("own",), "diagnostic": ("own", "xrv"), "consistency": ("own", "clip")}
+REWARD_CLASSES = {"posture": PostureReward, "diagnostic": DiagnosticReward, "consistency": ConsistencyReward}
 
 
 def shipped_path(name: str, evaluator: bool = False) -> Path:
@@ -48,57 +52,18 @@ def load_reward_model(name: str, path=None, *, backend: str = "own", device="cpu
     if backend not in BACKENDS[name]:
         raise ValueError(f"reward '{name}': unknown backend {backend!r}; choose from {BACKENDS[name]}")
     if name == "diagnostic" and backend == "xrv":
-        from cxrl.rewards.diagnostic import DiagnosticReward
-        from cxrl.rewards.xrv_backend import XRVClassifier
-
         xrv_args = {k: kwargs.pop(k) for k in ("weights", "cache_dir") if k in kwargs}
         model = DiagnosticReward(XRVClassifier.from_weights(**xrv_args), **kwargs)
     elif name == "consistency" and backend == "clip":
-        from cxrl.rewards.consistency import ConsistencyReward
-
         if path is None:
             raise ValueError("reward 'consistency' backend 'clip' needs path= a local transformers CLIP model directory")
         model = ConsistencyReward.from_clip_dir(path, **kwargs)
     else:
         path = Path(path) if path is not None else shipped_path(name, evaluator)
-        if name == "posture":
-            from cxrl.rewards.posture import PostureReward as cls
-        elif name == "diagnostic":
-            from cxrl.rewards.diagnostic import DiagnosticReward as cls
-        else:
-            from cxrl.rewards.consistency import ConsistencyReward as cls
-        model = cls.load(path, **kwargs)
+        model = REWARD_CLASSES[name].load(path, **kwargs)
     return model.to(device, dtype) if dtype is not None else model.to(device)
 
 
 def load_evaluator(name: str, path=None, **kwargs) -> RewardModel:
     """A held-out evaluator model (default: ``cxrl/assets/evaluators/<name>/``)."""
     return load_reward_model(name, path, evaluator=True, **kwargs)
-
-
-def reward_from_config(entry: Mapping, device="cpu") -> tuple[RewardModel, float]:
-    """(model, weight) from a config entry, e.g.
-    ``{"name": "diagnostic", "weight": 1.0, "path": null, "backend": "own", "comparative": true}`` or
-    ``{"name": "brightness", "callable": "my_rewards.py:brightness", "weight": 0.5, "comparative": false}``.
-    """
-    entry = dict(entry)
-    known = {"name", "weight", "path", "backend", "comparative", "callable", "kwargs", "strict", "dtype"}
-    unknown = set(entry) - known
-    if unknown:
-        raise ValueError(f"reward config entry {entry.get('name')!r}: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
-    if "name" not in entry:
-        raise ValueError(f"reward config entry {entry}: missing 'name'")
-    weight = float(entry.get("weight", 1.0))
-    dtype = getattr(torch, entry["dtype"]) if entry.get("dtype") else None
-    if entry.get("callable"):
-        from cxrl.rewards.custom import load_custom_reward
-
-        model = load_custom_reward(entry["callable"], name=entry["name"], comparative=entry.get("comparative"),
-                                   strict=bool(entry.get("strict", False)), kwargs=entry.get("kwargs"))
-        return model.to(device), weight
-    kwargs = dict(entry.get("kwargs") or {})
-    if entry.get("comparative") is not None:
-        kwargs["comparative"] = bool(entry["comparative"])
-    model = load_reward_model(entry["name"], entry.get("path"), backend=entry.get("backend", "own"), device=device,
-                              dtype=dtype, **kwargs)
-    return model, weight

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 import torch
-from torch import nn
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

@@ -20,22 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrl.data.phantom.posture import IDENTITY_POSTURE, posture_matrix
 from cxrl.rewards.base import RewardModel, prepare_cxr
 from cxrl.rewards.nets import ConvEncoder, load_state_strict, read_model_dir, save_model_dir
 
-IDENTITY_POSTURE = (1.0, 1.0, 0.0, 0.0, 0.0)
 POSTURE_COMPONENTS = ("s_x", "s_y", "t_x", "t_y", "theta")
-
-
-def posture_matrix(psi: torch.Tensor) -> torch.Tensor:
-    """ψ [B, 5] -> affine matrices [B, 2, 3] in affine_grid's normalised coordinates."""
-    if psi.dim() != 2 or psi.shape[1] != 5:
-        raise ValueError(f"posture psi must have shape [B, 5] (s_x, s_y, t_x, t_y, theta), got {tuple(psi.shape)}")
-    sx, sy, tx, ty, th = psi.unbind(dim=1)
-    c, s = torch.cos(th), torch.sin(th)
-    row0 = torch.stack([sx * c, -sy * s, tx], dim=1)
-    row1 = torch.stack([sx * s, sy * c, ty], dim=1)
-    return torch.stack([row0, row1], dim=1)
 
 
 def _inverse(theta: torch.Tensor) -> torch.Tensor:

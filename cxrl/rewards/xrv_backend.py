@@ -18,13 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrl.data.labels import CHEXPERT_LABELS
 from cxrl.rewards.base import to_grayscale
-
-CHEXPERT_ORDER = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-    "Fracture", "Support Devices",
-)
 
 # torchxrayvision pathology name -> CheXpert label. Pleural_Thickening is not Pleural Other (which also
 # covers plaques, fibrothorax), Infiltration/Nodule/Mass overlap several CheXpert labels: left unmapped.
@@ -46,19 +41,22 @@ XRV_RANGE = 1024.0
 
 
 def xrv_mapping_indices(pathologies) -> torch.Tensor:
-    """LongTensor [14]: for each CheXpert label the index of its xrv output, or −1 when unmapped."""
+    """LongTensor [NUM_LABELS]: for each CheXpert label the index of its xrv output, or −1 when unmapped."""
     index = {name: i for i, name in enumerate(pathologies) if name}
     out = []
-    for label in CHEXPERT_ORDER:
+    for label in CHEXPERT_LABELS:
         src = [k for k, v in XRV_TO_CHEXPERT.items() if v == label]
         out.append(index[src[0]] if src and src[0] in index else -1)
     return torch.tensor(out, dtype=torch.long)
 
 
-def xrv_weights_path(weights: str, cache_dir) -> Path:
-    """Where torchxrayvision looks for ``weights``; FileNotFoundError (file, folder, download URL) if absent."""
-    import torchxrayvision as xrv
+def xrv_weights_path(weights: str, cache_dir=None) -> Path:
+    """Where torchxrayvision looks for ``weights`` (``cache_dir`` None: its default cache); FileNotFoundError
+    (file, folder, download URL) if absent."""
+    import torchxrayvision as xrv  # heavy (skimage, pandas): imported only when an xrv model is asked for
 
+    if cache_dir is None:
+        cache_dir = xrv.utils.get_cache_dir()
     if weights not in xrv.models.model_urls:
         names = sorted(k for k in xrv.models.model_urls if "-" in k)
         raise ValueError(f"diagnostic backend torchxrayvision: unknown weights {weights!r}; known: {names}")
@@ -74,12 +72,21 @@ def xrv_weights_path(weights: str, cache_dir) -> Path:
     return path
 
 
+def xrv_weights_present(weights: str, cache_dir=None) -> bool:
+    """True when torchxrayvision's ``weights`` file is on disk (nothing is ever downloaded)."""
+    try:
+        xrv_weights_path(weights, cache_dir)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 class XRVClassifier(nn.Module):
     """Adapter: [B,1,H,W] in [0,1] -> xrv input -> CheXpert-14 probabilities (nan where unmapped) / features."""
 
     def __init__(self, model: nn.Module, input_resolution: int | None = None):
         super().__init__()
-        import torchxrayvision as xrv
+        import torchxrayvision as xrv  # heavy: only when an xrv model is used
 
         self.model = model
         pathologies = getattr(model, "pathologies", None) or getattr(model, "targets", None) or xrv.datasets.default_pathologies
@@ -89,10 +96,8 @@ class XRVClassifier(nn.Module):
 
     @classmethod
     def from_weights(cls, weights: str = "densenet121-res224-all", cache_dir=None) -> "XRVClassifier":
-        import torchxrayvision as xrv
+        import torchxrayvision as xrv  # heavy: only when an xrv model is asked for
 
-        if cache_dir is None:
-            cache_dir = xrv.utils.get_cache_dir()
         path = xrv_weights_path(weights, cache_dir)
         # torchxrayvision unpickles the weights file here (torch.load(weights_only=False)); the file was
         # checked to exist in the user's own cache dir above, so nothing is fetched.

@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import logging
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 PREFIX = "epoch_"
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,14 +193,15 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def latest_checkpoint(root: str | Path, log=None) -> Path | None:
-    """The newest checkpoint that verifies; bad ones are reported through ``log`` and skipped."""
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+def latest_checkpoint(root: str | Path, quiet: bool = False) -> Path | None:
+    """The newest checkpoint that verifies; bad ones are skipped with a warning (unless ``quiet``: the other
+    ranks of a data-parallel run, which read the same directory as rank 0)."""
     for path in list_checkpoints(root):
         ok, reason = verify_checkpoint(path)
         if ok:
             return path
-        log(f"cxrl: skipping checkpoint {path}: {reason}; falling back to the previous one")
+        if not quiet:
+            log.warning("skipping checkpoint %s: %s; falling back to the previous one", path, reason)
     return None
 
 

@@ -1,21 +1,23 @@
-"""Run outputs: JSONL metrics, TensorBoard (when installed), progress bars, reward curves, sample grids.
+"""Run outputs: JSONL metrics, TensorBoard (when installed), progress bars, reward curves.
 
-Only rank 0 writes; other ranks get a logger whose methods do nothing.
+Only rank 0 writes; other ranks get a logger whose methods do nothing. Messages (info, warnings) go
+through :mod:`cxrl.messages`; sample grids through :func:`cxrl.eval.grids.save_grid`.
 """
 from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure   # no pyplot: a file is drawn without touching the user's backend
+from tqdm.auto import tqdm
 
 
 def _tensorboard_writer(log_dir: Path, mode: str):
     if mode == "off":
         return None
-    try:
+    try:  # optional: the [tensorboard] extra
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:
         if mode == "on":
@@ -57,19 +59,7 @@ class MetricsLogger:
                     self._tb.add_scalar(k, v, epoch)
             self._tb.flush()
 
-    def warn(self, message: str) -> None:
-        if self.enabled:
-            print(f"cxrl: warning: {message}", file=sys.stderr, flush=True)
-            with open(self.dir / "warnings.log", "a") as fh:
-                fh.write(message + "\n")
-
-    def info(self, message: str) -> None:
-        if self.enabled:
-            print(f"cxrl: {message}", file=sys.stderr, flush=True)
-
     def progress(self, total: int, desc: str):
-        from tqdm.auto import tqdm
-
         return tqdm(total=total, desc=desc, disable=not self.progress_enabled, leave=False, dynamic_ncols=True)
 
     def close(self) -> None:
@@ -100,18 +90,14 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def plot_reward_curves(metrics_path: str | Path, out_png: str | Path) -> Path:
     """One panel per reward component (``reward/<name>``) plus the combined reward, against epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     records = read_metrics(metrics_path)
     keys = sorted({k for r in records for k in r if k.startswith("reward/") and k.endswith("/mean")})
     if not keys:
         raise ValueError(f"{metrics_path} has no 'reward/*/mean' metrics to plot")
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    fig = Figure(figsize=(4 * cols, 3 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, key in zip(axes.flat, keys):
         pts = [(r["epoch"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".")
@@ -123,39 +109,4 @@ def plot_reward_curves(metrics_path: str | Path, out_png: str | Path) -> Path:
     fig.tight_layout()
     out_png = Path(out_png)
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
-
-
-def save_sample_grid(images: torch.Tensor, captions: list[str], out_png: str | Path, cols: int = 4, caption_chars: int = 60) -> Path:
-    """Images ``[B, C, H, W]`` in [0, 1] in a grid, each with (the start of) its prompt as caption."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"save_sample_grid: images must be [B, 1|3, H, W], got {tuple(images.shape)}")
-    if len(captions) != images.shape[0]:
-        raise ValueError(f"save_sample_grid: {images.shape[0]} images but {len(captions)} captions")
-    n = images.shape[0]
-    cols = max(1, min(cols, n))
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.4 * rows), squeeze=False)
-    imgs = images.detach().float().clamp(0, 1).cpu()
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= n:
-            continue
-        img = imgs[i]
-        if img.shape[0] == 1:
-            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
-        else:
-            ax.imshow(img.permute(1, 2, 0).numpy())
-        text = captions[i] if len(captions[i]) <= caption_chars else captions[i][: caption_chars - 1] + "…"
-        ax.set_title(text, fontsize=7, wrap=True)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
     return out_png

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
+import logging
 import threading
 import time
 from pathlib import Path
@@ -19,20 +19,27 @@ from pathlib import Path
 import torch
 
 from cxrl.config import Config, to_yaml
+from cxrl.diffusion.rollout import recompute_log_prob, rollout
+from cxrl.eval.grids import save_grid
+from cxrl.messages import warnings_file
+from cxrl.rewards import AsyncScorer, RewardOutput, RewardSuite, noise_for
 from cxrl.rl import checkpoint as ckpt
-from cxrl.rl.components import (Policy, build_generator, build_optimizer, build_policy, build_reward_suite,
-                                lr_schedule)
+from cxrl.rl.anchor import FrozenAnchor
 from cxrl.rl.distributed import DistContext
-from cxrl.rl.logging import MetricsLogger, plot_reward_curves, save_sample_grid
+from cxrl.rl.logging import MetricsLogger, plot_reward_curves
+from cxrl.rl.policy import Policy
+from cxrl.rl.ppo import kl_to_anchor
+from cxrl.rl.precision import autocast
 from cxrl.rl.prompts import PromptPool, reward_metadata
-from cxrl.rl.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_everything, torch_generator
-from cxrl.rl.update import EMA, PPOUpdater, UpdateSettings
+from cxrl.rl.seeding import capture_rng_state, derive_seed, restore_rng_state, torch_generator
+from cxrl.rl.update import PPOUpdater
+from cxrl.trajectory import AdvantageTracker, TrajectoryStore
+
+log = logging.getLogger(__name__)
 
 
-def concat_reward_outputs(outputs: list):
+def concat_reward_outputs(outputs: list) -> RewardOutput:
     """One :class:`~cxrl.rewards.RewardOutput` from per-chunk outputs (in order)."""
-    from cxrl.rewards import RewardOutput
-
     first = outputs[0]
     anchor = None if first.anchor_scores is None else torch.cat([o.anchor_scores for o in outputs])
     return RewardOutput(first.names, *(torch.cat([getattr(o, f) for o in outputs])
@@ -57,106 +64,33 @@ class EpochBatch:
         return [e["prompt"] for e in self.entries]
 
 
+@dataclasses.dataclass
+class TrainerParts:
+    """Everything a :class:`Trainer` works with, built from a config by :func:`cxrl.compose.build_trainer`."""
+
+    policy: Policy                  # the generator being trained (``policy.gen``), its trained tensors and ACE
+    optimizer: torch.optim.Optimizer
+    updater: PPOUpdater
+    tracker: AdvantageTracker
+    suite: RewardSuite
+    anchor: FrozenAnchor
+    pool: PromptPool
+    logger: MetricsLogger
+    unet_lock: threading.RLock      # the policy UNet is shared by the rollout and the anchor sampler
+
+
 class Trainer:
-    def __init__(self, cfg: Config, pool: PromptPool, dist: DistContext | None = None, output_dir: str | Path | None = None,
-                 generator=None):
-        """``generator``: an already loaded :class:`~cxrl.diffusion.generator.Generator` to train instead of
-        loading ``cfg.model.path`` (its UNet gets the LoRA adapters / is made trainable here)."""
+    def __init__(self, cfg: Config, parts: TrainerParts, dist: DistContext, output_dir: str | Path):
         self.cfg = cfg
-        self.dist = dist or DistContext()
-        self.device = self.dist.device
-        self.out = Path(output_dir or cfg.log.output_dir)
-        self.pool = pool
-        seed_everything(cfg.train.seed, cfg.train.deterministic)
-        self.logger = MetricsLogger(self.out, enabled=self.dist.is_main, tensorboard=cfg.log.tensorboard,
-                                    progress=cfg.log.progress)
-        self.gen = generator if generator is not None else build_generator(
-            cfg.model, self.device, workdir=self.out / "work" / f"rank{self.dist.rank}")
-        # The policy rollout and the anchor (the same UNet with LoRA disabled) never run at once: with
-        # rewards.overlap the anchor is sampled on the scoring thread while the main thread samples.
-        self._unet_lock = threading.RLock()
+        self.dist = dist
+        self.device = dist.device
+        self.out = Path(output_dir)
+        self.policy, self.gen = parts.policy, parts.policy.gen
+        self.optimizer, self.updater, self.tracker = parts.optimizer, parts.updater, parts.tracker
+        self.suite, self.anchor, self.pool, self.logger = parts.suite, parts.anchor, parts.pool, parts.logger
+        self._unet_lock = parts.unet_lock
         self._async_scorer = None
-        from cxrl.rewards import anchor_weights_hash
-
-        anchor_hash = anchor_weights_hash(self.gen.unet)
-        self.policy: Policy = build_policy(self.gen, cfg.model, cfg.train.seed)
-        self.optimizer = build_optimizer(self.policy, cfg.train)
-        t = cfg.train
-        settings = UpdateSettings(batch_size=t.batch_size, timestep_fraction=t.timestep_fraction,
-                                  gradient_accumulation=t.gradient_accumulation, inner_epochs=t.inner_epochs,
-                                  clip_range=t.clip_range, adv_clip=t.adv_clip, max_grad_norm=t.max_grad_norm,
-                                  kl_beta=t.kl_beta, max_nonfinite=t.max_nonfinite, autocast_dtype=self._autocast_dtype())
-        ema = EMA(self.policy.params, t.ema_decay) if t.ema_decay > 0 else None
-        self.updater = PPOUpdater(self.policy.params, self.optimizer, settings, lr_schedule(t.warmup_steps),
-                                  dist=self.dist, ema=ema, warn=self.logger.warn)
-        from cxrl.trajectory import AdvantageTracker
-
-        self.tracker = AdvantageTracker(mode=t.advantage, window=t.advantage_window, min_count=t.advantage_min_count,
-                                        group_size=cfg.sampling.group_size if t.advantage == "group" else None,
-                                        clip=t.adv_clip)
-        s = cfg.sampling
-        sampler_settings = {"num_steps": s.num_steps, "guidance_scale": s.guidance_scale, "eta": s.eta,
-                            "anchor_batch": s.batch_size}
-        cache_path = Path(cfg.rewards.anchor_cache) if cfg.rewards.anchor_cache else self.out / "anchor_cache.json"
-        if self.dist.enabled:  # one file per rank: ranks never overwrite each other's entries
-            cache_path = cache_path.with_name(f"{cache_path.stem}.rank{self.dist.rank}{cache_path.suffix}")
-        self.suite = build_reward_suite(cfg.rewards, self.device, self._anchor_images, anchor_hash, sampler_settings,
-                                        self.gen.latent_shape, cfg.train.seed, cache_path)
         self.epoch = 0   # the next epoch to run
-
-    # -- the frozen anchor ------------------------------------------------------------------------
-
-    def _anchor_gen(self):
-        if self.policy.anchor_unet is not None:
-            return dataclasses.replace(self.gen, unet=self.policy.anchor_unet)
-        return self.gen
-
-    def _anchor_images(self, prompts: list[str], initial_noise: torch.Tensor) -> torch.Tensor:
-        """The anchor's images from the policy's initial noise, in chunks of ``sampling.batch_size``.
-        Each chunk's step noise is seeded from its own initial noise, so an anchor image (and its cached
-        score) depends on its inputs only, not on the epoch, the rank or what else was sampled."""
-        from cxrl.diffusion.rollout import sample_images
-
-        s = self.cfg.sampling
-        images = []
-        with self._unet_lock, self._lora_disabled(), self._sampling_autocast():
-            for begin in range(0, len(prompts), s.batch_size):
-                noise = initial_noise[begin:begin + s.batch_size]
-                digest = hashlib.sha256(noise.detach().float().cpu().numpy().tobytes()).digest()
-                rng = torch_generator(int.from_bytes(digest[:8], "little") >> 1, self.device)
-                images.append(sample_images(self._anchor_gen(), prompts[begin:begin + s.batch_size], num_steps=s.num_steps,
-                                            guidance_scale=s.guidance_scale, eta=s.eta, initial_noise=noise, generator=rng))
-        return torch.cat(images)
-
-    def _lora_disabled(self):
-        import contextlib
-
-        unet = self.gen.unet
-        if self.policy.anchor_unet is not None or not hasattr(unet, "disable_adapters"):
-            return contextlib.nullcontext()
-
-        @contextlib.contextmanager
-        def ctx():
-            unet.disable_adapters()
-            try:
-                yield
-            finally:
-                unet.enable_adapters()
-        return ctx()
-
-    def _sampling_autocast(self):
-        """Rollouts (policy and anchor) run in the same precision as the PPO recompute, so the stored and the
-        recomputed log-probs come from the same arithmetic."""
-        dtype = self._autocast_dtype()
-        return torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-    def _autocast_dtype(self):
-        mp = self.cfg.train.mixed_precision
-        if mp == "bf16" or (mp == "auto" and self.device.type == "cuda"):
-            if self.device.type != "cuda":
-                raise ValueError("train.mixed_precision 'bf16' autocast is for CUDA; use 'auto' or 'no' on CPU")
-            return torch.bfloat16
-        return None
 
     # -- stages -----------------------------------------------------------------------------------
 
@@ -171,10 +105,6 @@ class Trainer:
                          on_chunk=None) -> EpochBatch:
         """Sample this rank's trajectories in chunks of ``sampling.batch_size`` into a new store.
         ``on_chunk(batch, begin, end, images)`` is called after each chunk (the overlapped scoring hook)."""
-        from cxrl.diffusion.rollout import rollout
-        from cxrl.rewards import noise_for
-        from cxrl.trajectory import TrajectoryStore
-
         s = self.cfg.sampling
         batch = EpochBatch(entries=entries, seeds=seeds)
         n = len(entries)
@@ -194,7 +124,7 @@ class Trainer:
             # one generator per global chunk: the same step noise whatever the sharding
             chunk = (first_sample + begin) // s.batch_size
             gen_rng = torch_generator(derive_seed(self.cfg.train.seed, epoch, chunk, "rollout"), self.device)
-            with self._unet_lock, self._sampling_autocast():
+            with self._unet_lock, autocast(self.anchor.autocast_dtype):
                 out = rollout(self.gen, batch.embeds[ids[begin:end].to(batch.embeds.device)], store, begin,
                               ace=self.policy.ace, num_steps=s.num_steps, guidance_scale=s.guidance_scale, eta=s.eta,
                               initial_noise=noise[begin:end], generator=gen_rng)
@@ -244,8 +174,6 @@ class Trainer:
 
     def _scorer(self):
         if self._async_scorer is None:
-            from cxrl.rewards import AsyncScorer
-
             self._async_scorer = AsyncScorer(self._score_chunk, device=self.device)
         return self._async_scorer
 
@@ -272,7 +200,6 @@ class Trainer:
 
     def update(self, epoch: int, batch: EpochBatch):
         s, ace = self.cfg.sampling, self.policy.ace
-        from cxrl.diffusion.rollout import recompute_log_prob
 
         def log_prob_fn(mb):
             embeds = batch.embeds[mb.prompt_ids.to(batch.embeds.device)]
@@ -281,11 +208,7 @@ class Trainer:
                 return recompute_log_prob(self.gen, mb.x_t, mb.x_prev, mb.timesteps, embeds, ace=ace, **kw), None
             details = recompute_log_prob(self.gen, mb.x_t, mb.x_prev, mb.timesteps, embeds, ace=ace,
                                          return_details=True, **kw)
-            with torch.no_grad(), self._lora_disabled():
-                anchor = recompute_log_prob(self._anchor_gen(), mb.x_t, mb.x_prev, mb.timesteps, embeds,
-                                            return_details=True, **kw)
-            from cxrl.rl.ppo import kl_to_anchor
-
+            anchor = self.anchor.log_prob_details(mb.x_t, mb.x_prev, mb.timesteps, embeds)
             std = details.std.view(-1, *([1] * (details.mean.dim() - 1)))
             return details.log_prob, kl_to_anchor(details.mean.float(), anchor.mean.float(), std.float())
 
@@ -298,7 +221,16 @@ class Trainer:
 
     # -- one epoch and the run --------------------------------------------------------------------
 
+    def warnings_log(self):
+        """While it is open, rank 0 appends cxrl's warnings to ``<output>/warnings.log`` (epochs and resumes
+        open it, so a run's warnings are on disk however the trainer is driven)."""
+        return warnings_file(self.out / "warnings.log") if self.dist.is_main else contextlib.nullcontext()
+
     def run_epoch(self, epoch: int) -> dict:
+        with self.warnings_log():
+            return self._run_epoch(epoch)
+
+    def _run_epoch(self, epoch: int) -> dict:
         d = self.dist
         with d.stage("draw prompts"):
             entries, seeds, local = self.draw_prompts(epoch)
@@ -335,10 +267,11 @@ class Trainer:
         every = self.cfg.log.sample_every
         if every and self.dist.is_main and (epoch + 1) % every == 0:
             k = min(self.cfg.log.sample_count, n)
-            save_sample_grid(batch.images[:k], batch.prompts[:k], self.out / f"samples_epoch{epoch:04d}.png")
+            save_grid(batch.images[:k], batch.prompts[:k], self.out / f"samples_epoch{epoch:04d}.png")
         return metrics
 
     def fit(self) -> list[dict]:
+        """Run the remaining epochs (checkpointing as configured); rank 0 plots the reward curves at the end."""
         history = []
         total = self.cfg.train.epochs
         bar = self.logger.progress(total, "epochs")
@@ -409,12 +342,14 @@ class Trainer:
 
     def resume(self, run_dir: str | Path) -> bool:
         """Continue from the newest complete checkpoint under ``run_dir``; False if there is none."""
-        path = ckpt.latest_checkpoint(Path(run_dir) / "checkpoints", log=self.logger.warn if self.dist.is_main else (lambda m: None))
+        with self.warnings_log():
+            path = ckpt.latest_checkpoint(Path(run_dir) / "checkpoints", quiet=not self.dist.is_main)
         if path is None:
             return False
         _, groups = ckpt.load_checkpoint(path)
         self.load_state_groups(groups)
         self.logger.truncate_after(self.epoch - 1)
-        self.logger.info(f"resumed from {path} (next epoch {self.epoch})")
+        if self.dist.is_main:
+            log.info("resumed from %s (next epoch %d)", path, self.epoch)
         return True
 

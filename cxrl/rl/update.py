@@ -10,33 +10,31 @@ rounding differences between the sampling and the training forward); afterwards 
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
+from cxrl.config import TrainConfig
 from cxrl.rl.ppo import ppo_clip_loss
+from cxrl.rl.precision import autocast
+from cxrl.trajectory import num_trained_steps
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteAbort(RuntimeError):
     """Too many consecutive updates with a non-finite loss or gradient."""
 
 
-@dataclass
-class UpdateSettings:
-    batch_size: int
-    timestep_fraction: float
-    gradient_accumulation: int
-    inner_epochs: int
-    clip_range: float
-    adv_clip: float
-    max_grad_norm: float
-    kl_beta: float = 0.0
-    max_nonfinite: int = 3
-    autocast_dtype: torch.dtype | None = None   # bf16 autocast on CUDA; None = full precision
+def lr_schedule(warmup_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at optimizer step ``step``: linear warm-up, then constant."""
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    return factor
 
 
 @dataclass
@@ -86,17 +84,21 @@ class EMA:
 
 
 class PPOUpdater:
-    """Owns the optimizer-step logic and the non-finite streak across epochs."""
+    """Owns the optimizer-step logic and the non-finite streak across epochs. ``settings``: the ``train``
+    section (batch size, trained-timestep fraction, accumulation, inner epochs, clipping, KL weight, ...);
+    ``autocast_dtype``: the run's precision (:mod:`cxrl.rl.precision`); ``lr_at``: the learning-rate factor
+    per optimizer step (default: ``settings.warmup_steps`` of linear warm-up)."""
 
-    def __init__(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, settings: UpdateSettings,
-                 lr_at: Callable[[int], float], dist=None, ema: EMA | None = None, warn=print):
+    def __init__(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, settings: TrainConfig,
+                 autocast_dtype: torch.dtype | None = None, lr_at: Callable[[int], float] | None = None, dist=None,
+                 ema: EMA | None = None):
         self.params = params
         self.optimizer = optimizer
         self.settings = settings
-        self.lr_at = lr_at
+        self.autocast_dtype = autocast_dtype
+        self.lr_at = lr_at or lr_schedule(settings.warmup_steps)
         self.dist = dist
         self.ema = ema
-        self.warn = warn
         self.global_step = 0        # optimizer steps taken (drives the LR schedule)
         self.nonfinite_streak = 0
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -114,7 +116,8 @@ class PPOUpdater:
         ``describe(sample_indices)`` names the prompts of a skipped update in the warning."""
         s = self.settings
         steps = store.log_probs.shape[1]
-        trained_t = math.ceil(steps * s.timestep_fraction)
+        # the store's own float-safe count: its plans have exactly this many timesteps per sample
+        trained_t = num_trained_steps(steps, s.timestep_fraction)
         num_samples = store.log_probs.shape[0]
         sample_batches = math.ceil(num_samples / s.batch_size)
         result = UpdateResult(samples=num_samples * s.inner_epochs)
@@ -127,8 +130,7 @@ class PPOUpdater:
                 sb = i // trained_t                          # which sample batch this minibatch belongs to
                 group_start = (sb // s.gradient_accumulation) * s.gradient_accumulation
                 group_len = min(s.gradient_accumulation, sample_batches - group_start)
-                ctx = torch.autocast("cuda", dtype=s.autocast_dtype) if s.autocast_dtype is not None else nullcontext()
-                with ctx:
+                with autocast(self.autocast_dtype):
                     log_prob, kl = log_prob_fn(mb)
                 log_prob = log_prob.float()
                 old = log_prob.detach() if not updated else mb.log_probs.to(log_prob.device, torch.float32)
@@ -168,8 +170,8 @@ class PPOUpdater:
             self.nonfinite_streak += 1
             result.skipped_steps += 1
             prompts = describe(sorted(set(sample_idx.tolist())))
-            self.warn(f"non-finite loss or gradient at optimizer step {self.global_step}: update skipped "
-                      f"({self.nonfinite_streak} in a row); prompts: {prompts}")
+            log.warning("non-finite loss or gradient at optimizer step %d: update skipped (%d in a row); prompts: %s",
+                        self.global_step, self.nonfinite_streak, prompts)
             if self.nonfinite_streak >= self.settings.max_nonfinite:
                 raise NonFiniteAbort(f"{self.nonfinite_streak} consecutive updates had a non-finite loss or gradient "
                                      f"(train.max_nonfinite={self.settings.max_nonfinite}); stopping, the last "

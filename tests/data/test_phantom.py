@@ -133,7 +133,7 @@ def test_bad_labels_and_resolution():
 
 
 def test_phantom_dataset_pairs_reports_labels_and_images():
-    ds = PhantomCXR(split="validation", resolution=RES, seed=5, posture_strength=0.5, length=40)
+    ds = PhantomCXR(split="validate", resolution=RES, seed=5, posture_strength=0.5, length=40)
     assert len(ds) == 40
     item = ds[7]
     assert set(item) == {"id", "prompt", "labels", "image", "posture", "report"}
@@ -144,7 +144,7 @@ def test_phantom_dataset_pairs_reports_labels_and_images():
     assert item["prompt"] == ds.reports.prompts[k]
     expected, _ = render_phantom(item["labels"], posture=item["posture"].numpy(), seed=ds.item_seed(7), resolution=RES)
     assert np.array_equal(item["image"][0].numpy(), expected)
-    again = PhantomCXR(split="validation", resolution=RES, seed=5, posture_strength=0.5, length=40)[7]
+    again = PhantomCXR(split="validate", resolution=RES, seed=5, posture_strength=0.5, length=40)[7]
     assert torch.equal(again["image"], item["image"])
 
 

@@ -6,6 +6,8 @@ import math
 import pytest
 import torch
 
+from cxrl.compose import fid_extractor
+from cxrl.config import Config, apply_overrides
 from cxrl.data.labels import CHEXPERT_LABELS
 from cxrl.eval.auroc import macro_auroc
 from cxrl.eval.evaluators import load_evaluators
@@ -34,7 +36,7 @@ def test_score_samples_matches_direct_computation(evaluator_root, make_items):
     samples = torch.rand(6, 4, 1, 32, 32, generator=g)
     extractor = ClassifierFeatures(evaluators.diagnostic, name="toy-diagnostic")
     refs = extract_features(extractor, reference_images(items))
-    result = score_samples(samples, items, evaluators, extractor, refs, batch_size=5)
+    result, scores = score_samples(samples, items, evaluators, extractor, refs, batch_size=5)
 
     flat = samples.flatten(0, 1)
     prompts = [it["prompt"] for it in items for _ in range(4)]
@@ -42,6 +44,9 @@ def test_score_samples_matches_direct_computation(evaluator_root, make_items):
     meta = [{"labels": l} for l in labels]
     assert result["posture"] == pytest.approx(float(evaluators.posture(flat, prompts, meta).mean()), abs=1e-6)
     assert result["posture"] < 0
+    # the per-sample scores returned beside the metrics are the evaluators' outputs, laid out [prompt, sample]
+    torch.testing.assert_close(scores.posture, evaluators.posture(flat, prompts, meta).double().view(6, 4))
+    torch.testing.assert_close(scores.probs, evaluators.diagnostic.predict_proba(flat).view(6, 4, -1))
     assert result["consistency"] == pytest.approx(float(evaluators.consistency(flat, prompts, meta).mean()), abs=1e-6)
     expected_auroc = macro_auroc(evaluators.diagnostic.predict_proba(flat), labels).macro
     assert result["auroc"] == pytest.approx(expected_auroc, abs=1e-9)
@@ -56,7 +61,7 @@ def test_missing_pieces_are_none_with_reasons(evaluator_root, make_items):
     from cxrl.eval.evaluators import Evaluators
 
     evaluators = load_evaluators(evaluator_root, kinds=("posture",))
-    result = score_samples(torch.rand(3, 1, 1, 32, 32), make_items(3), evaluators)
+    result, _ = score_samples(torch.rand(3, 1, 1, 32, 32), make_items(3), evaluators)
     assert result["auroc"] is None and result["consistency"] is None and result["fid"] is None
     assert result["ms_ssim"] is None
     assert any("diagnostic evaluator" in n for n in result["notes"])
@@ -69,7 +74,7 @@ def test_write_report_files(evaluator_root, make_items, tmp_path):
     evaluators = load_evaluators(evaluator_root)
     items = make_items(4)
     samples = {"base": torch.rand(4, 4, 1, 32, 32), "tuned": torch.rand(4, 4, 1, 32, 32)}
-    results = {name: score_samples(s, items, evaluators) for name, s in samples.items()}
+    results = {name: score_samples(s, items, evaluators)[0] for name, s in samples.items()}
     results["tuned"]["auroc"] = math.nan  # must be written as null, not the invalid JSON token NaN
     from cxrl.eval.scoring import _clean
 
@@ -98,26 +103,36 @@ def test_write_report_adds_resized_real_column(tmp_path):
     assert grid.getpixel((4 + 240 + 132 + 10, 30)) == 255 and grid.getpixel((4 + 240 + 10, 30)) == 0
 
 
-def test_build_feature_extractor_choices(evaluator_root):
-    from cxrl.eval.evaluate import build_feature_extractor
+def _eval_section(**values):
+    return apply_overrides(Config(), [f"eval.{k}={v}" for k, v in values.items()]).eval
+
+
+def test_fid_extractor_choices(evaluator_root, tmp_path, caplog):
     from cxrl.eval.evaluators import Evaluators
 
     evaluators = load_evaluators(evaluator_root, kinds=("diagnostic",))
-    auto = build_feature_extractor("auto", "phantom", evaluators)
+    auto = fid_extractor(_eval_section(fid_features="auto", source="phantom"), evaluators, has_references=True)
     assert auto.name.startswith("cxrl-diagnostic-evaluator/features (sha256 ")
-    assert build_feature_extractor("auto", "iuxray", evaluators, has_references=False) is None
-    assert build_feature_extractor("none", "phantom", evaluators) is None
+    assert fid_extractor(_eval_section(source="iuxray"), evaluators, has_references=False) is None
+    assert fid_extractor(_eval_section(fid_features="none"), evaluators, has_references=True) is None
     with pytest.raises(ValueError, match="needs the diagnostic evaluator"):
-        build_feature_extractor("evaluator", "phantom", Evaluators())
-    with pytest.raises(ValueError, match="choose one of"):
-        build_feature_extractor("inception", "mimic", evaluators)
+        fid_extractor(_eval_section(fid_features="evaluator"), Evaluators(), has_references=True)
+    with pytest.raises(ValueError, match="eval.fid_features"):
+        _eval_section(fid_features="inception")
+    # real CXRs without torchxrayvision's weights on disk: auto never fails, it takes the evaluator's features and says so
+    caplog.set_level("INFO", logger="cxrl")
+    real = fid_extractor(_eval_section(source="mimic", xrv_cache_dir=tmp_path / "empty"), evaluators, has_references=True)
+    assert real.name.startswith("cxrl-diagnostic-evaluator/features")
+    assert "torchxrayvision weights 'densenet121-res224-all' are not in the cache" in caplog.text
+    with pytest.raises(FileNotFoundError, match="xrv-densenet121-res224-all"):   # asked for explicitly: an error
+        fid_extractor(_eval_section(source="mimic", fid_features="xrv", xrv_cache_dir=tmp_path / "empty"), evaluators,
+                      has_references=True)
 
 
 def test_xrv_diagnostic_evaluator_scores_only_mapped_labels(tmp_path, make_items):
     import os
 
     xrv = pytest.importorskip("torchxrayvision")
-    from cxrl.eval.evaluate import build_feature_extractor
 
     url = xrv.models.model_urls["densenet121-res224-all"]["weights_url"]
     torch.manual_seed(0)
@@ -125,11 +140,14 @@ def test_xrv_diagnostic_evaluator_scores_only_mapped_labels(tmp_path, make_items
     evaluators = load_evaluators(paths={"diagnostic": "xrv:densenet121-res224-all"}, kinds=("diagnostic",),
                                  xrv_cache_dir=tmp_path)
     assert evaluators.describe() == {"diagnostic": "torchxrayvision densenet121-res224-all"}
-    result = score_samples(torch.rand(4, 2, 1, 32, 32), make_items(4), evaluators)
+    result, _ = score_samples(torch.rand(4, 2, 1, 32, 32), make_items(4), evaluators)
     # make_items labels "No Finding" (no xrv output -> skipped) and "Pleural Effusion" (xrv "Effusion")
     assert set(result["auroc_per_label"]) == {"Pleural Effusion"} and "No Finding" in result["auroc_skipped_labels"]
-    extractor = build_feature_extractor("evaluator", "mimic", evaluators)
+    extractor = fid_extractor(_eval_section(source="mimic", fid_features="evaluator"), evaluators, has_references=True)
     assert extractor.name == "xrv-densenet121-res224-all/features2"
+    # with the weights on disk, auto picks torchxrayvision's DenseNet on real CXRs
+    auto = fid_extractor(_eval_section(source="mimic", xrv_cache_dir=tmp_path), evaluators, has_references=True)
+    assert auto.name == "xrv-densenet121-res224-all/features2" and type(auto).__name__ == "XRVDenseNetFeatures"
     with pytest.raises(ValueError, match="only be the diagnostic"):
         load_evaluators(paths={"posture": "xrv:densenet121-res224-all"}, kinds=("posture",))
 
@@ -145,15 +163,15 @@ def test_auroc_over_labels_with_enough_prompts(evaluator_root, make_items):
     labels = item_labels(items).repeat_interleave(2, dim=0)
     names = list(CHEXPERT_LABELS)
 
-    strict = score_samples(samples, items, evaluators, min_label_prompts=3)
+    strict, _ = score_samples(samples, items, evaluators, min_label_prompts=3)
     assert strict["auroc_labels"] == ["No Finding"] and strict["auroc_min_label_prompts"] == 3
     assert strict["auroc"] == pytest.approx(macro_auroc(probs, labels, names, columns=[0]).macro, abs=1e-9)
     assert strict["auroc_all_labels"] == pytest.approx(macro_auroc(probs, labels).macro, abs=1e-9)
     assert set(strict["auroc_per_label"]) == {"No Finding", "Pleural Effusion"}
 
-    loose = score_samples(samples, items, evaluators, min_label_prompts=2)
+    loose, _ = score_samples(samples, items, evaluators, min_label_prompts=2)
     assert loose["auroc_labels"] == ["No Finding", "Pleural Effusion"] and loose["auroc"] == loose["auroc_all_labels"]
-    none = score_samples(samples, items, evaluators, min_label_prompts=4)
+    none, _ = score_samples(samples, items, evaluators, min_label_prompts=4)
     assert none["auroc"] is None and any("at least 4 positive" in note for note in none["notes"])
 
 

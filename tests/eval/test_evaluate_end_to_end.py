@@ -8,11 +8,14 @@ import torch
 from PIL import Image
 
 from cxrl.cli import main as cli_main
-from cxrl.eval.evaluate import SamplingSettings, evaluate_models, generate_samples
+from cxrl.config import Config, apply_overrides
+from cxrl.eval.evaluate import evaluate_models, generate_samples
+from cxrl.eval.run import run_evaluation
 from cxrl.eval.evaluators import load_evaluators
 from cxrl.eval.fid import ClassifierFeatures
 
-SETTINGS = SamplingSettings(samples_per_prompt=4, num_steps=3, guidance_scale=2.0, seed=3, batch_size=8)
+CFG = apply_overrides(Config(), ["eval.samples_per_prompt=4", "sampling.num_steps=3", "sampling.guidance_scale=2.0",
+                                 "eval.seed=3", "eval.batch_size=8", "eval.bootstrap=20"])
 
 
 def test_evaluate_models_pairs_noise_and_writes_report(tiny_generators, evaluator_root, make_items, tmp_path):
@@ -22,27 +25,35 @@ def test_evaluate_models_pairs_noise_and_writes_report(tiny_generators, evaluato
     evaluators = load_evaluators(evaluator_root)
     items = make_items(3)
     extractor = ClassifierFeatures(evaluators.diagnostic, name="toy-diagnostic")
-    results, samples = evaluate_models(models, items, evaluators, extractor, settings=SETTINGS, out_dir=tmp_path,
-                                       return_samples=True)
+    measured = evaluate_models(models, items, evaluators, extractor, CFG.eval, CFG.sampling)
+    samples = measured.samples
     assert samples["base"].shape == (3, 4, 1, 32, 32)
     assert 0 <= samples["base"].min() and samples["base"].max() <= 1
     # same model, same settings -> bit-identical samples (the base/tuned pairing relies on it)
-    again = generate_samples(models["base"], [it["prompt"] for it in items], SETTINGS)
+    again = generate_samples(models["base"], [it["prompt"] for it in items], CFG.eval, CFG.sampling)
     torch.testing.assert_close(again, samples["base"], rtol=0, atol=0)
     assert not torch.equal(samples["base"], samples["tuned"])
     for name in ("base", "tuned"):
-        m = results[name]
+        m = measured.results[name]
         assert m["n_prompts"] == 3 and m["feature_extractor"] == "toy-diagnostic"
         assert m["fid"] is not None and m["fid"] >= 0 and m["posture"] <= 0
+        # the per-sample scores a comparison resamples are the ones the metrics were computed from
+        assert m["posture"] == float(measured.scores[name].posture.flatten().mean())
+    evaluation = run_evaluation(models, items, evaluators, extractor, CFG.eval, CFG.sampling, out_dir=tmp_path)
+    assert evaluation.results == measured.results     # the full path samples and scores exactly the same
+    assert set(evaluation.comparison) >= {"posture", "auroc", "consistency"}
+    assert evaluation.comparison["posture"]["diff"] == pytest.approx(
+        measured.results["tuned"]["posture"] - measured.results["base"]["posture"], abs=1e-12)
     assert set(json.loads((tmp_path / "metrics.json").read_text())) == {"base", "tuned"}
+    assert json.loads((tmp_path / "comparison.json").read_text())["bootstrap_resamples"] == 20
     run_info = json.loads((tmp_path / "run.json").read_text())
     assert run_info["prompt_ids"] == ["item-0", "item-1", "item-2"]
     assert (tmp_path / "grids" / "comparison.png").is_file()
     with pytest.raises(ValueError, match="unknown model"):
-        evaluate_models(models, items, evaluators, aces={"other": None}, settings=SETTINGS)
+        run_evaluation(models, items, evaluators, None, CFG.eval, CFG.sampling, aces={"other": None})
 
 
-def test_sample_command_writes_pngs_and_grid(tiny_generators, tmp_path):
+def test_sample_command_writes_pngs_and_grid(tiny_generators, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Small left pleural effusion.\n\nNo acute cardiopulmonary process.\n")
     out = tmp_path / "samples"
@@ -69,9 +80,11 @@ def test_sample_command_writes_pngs_and_grid(tiny_generators, tmp_path):
     plain = np.asarray(Image.open(tmp_path / "plain" / "p000_s00.png"))
     conditioned = np.asarray(Image.open(tmp_path / "ace" / "p000_s00.png"))
     assert not np.array_equal(plain, conditioned)
-    with pytest.raises(FileNotFoundError, match="ace"):
-        cli_main(["sample", "--model", str(tiny_generators["base"]), "--prompt", "x", "--ace", "--out", str(out),
-                  "--device", "cpu", "--steps", "1"])
+    capsys.readouterr()
+    assert cli_main(["sample", "--model", str(tiny_generators["base"]), "--prompt", "x", "--ace", "--out", str(out),
+                     "--device", "cpu", "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no ACE directory" in err[0]      # one line, naming what is missing
 
 
 def test_evaluate_command_on_phantom_world(tiny_generators, evaluator_root, tmp_path):
@@ -99,8 +112,8 @@ def test_evaluate_command_on_phantom_world(tiny_generators, evaluator_root, tmp_
     assert Image.open(out / "grids" / "comparison.png").size[0] == 4 + 240 + 3 * (128 + 4)
 
 
-def test_evaluate_command_refuses_missing_xrv_weights(tiny_generators, evaluator_root, tmp_path):
-    with pytest.raises(FileNotFoundError, match="FID feature extractor .xrv-densenet121"):
-        cli_main(["evaluate", "--model", str(tiny_generators["tuned"]), "--data", "iuxray", "--n-prompts", "2",
-                  "--steps", "1", "--evaluators", str(evaluator_root), "--fid-features", "xrv",
-                  "--xrv-cache-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "eval"), "--device", "cpu"])
+def test_evaluate_command_refuses_missing_xrv_weights(tiny_generators, evaluator_root, tmp_path, capsys):
+    assert cli_main(["evaluate", "--model", str(tiny_generators["tuned"]), "--data", "iuxray", "--n-prompts", "2",
+                     "--steps", "1", "--evaluators", str(evaluator_root), "--fid-features", "xrv",
+                     "--xrv-cache-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 2
+    assert "FID feature extractor 'xrv-densenet121" in capsys.readouterr().err

@@ -4,7 +4,8 @@ import textwrap
 import pytest
 import torch
 
-from cxrl.rewards import FunctionReward, RewardSuite, load_custom_reward, reward_from_config
+from cxrl.compose import reward_from_config
+from cxrl.rewards import FunctionReward, RewardSuite, load_custom_reward
 
 SOURCE = textwrap.dedent('''
     import torch

@@ -9,7 +9,7 @@ import torch
 
 from cxrl.data.phantom import RENDERED_LABELS, render_phantom
 from cxrl.rewards import load_evaluator, load_reward_model
-from cxrl.rewards.xrv_backend import CHEXPERT_ORDER
+from cxrl.data.labels import CHEXPERT_LABELS as CHEXPERT_ORDER
 
 SETS = [("reward", load_reward_model), ("evaluator", load_evaluator)]
 

@@ -6,7 +6,8 @@ xrv = pytest.importorskip("torchxrayvision")
 
 from cxrl.rewards import DiagnosticReward, XRVClassifier, load_reward_model  # noqa: E402
 from cxrl.rewards.diagnostic import masked_bce_score  # noqa: E402
-from cxrl.rewards.xrv_backend import CHEXPERT_ORDER, XRV_TO_CHEXPERT, xrv_mapping_indices  # noqa: E402
+from cxrl.data.labels import CHEXPERT_LABELS as CHEXPERT_ORDER  # noqa: E402
+from cxrl.rewards.xrv_backend import XRV_TO_CHEXPERT, xrv_mapping_indices  # noqa: E402
 
 
 @pytest.fixture(scope="module")

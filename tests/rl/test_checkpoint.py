@@ -1,5 +1,6 @@
 """Checkpoints: exact round trip of nested state (optimizer incl.), atomicity, corruption fallback, RNG."""
 import json
+import logging
 import random
 
 import numpy as np
@@ -58,7 +59,7 @@ def test_round_trip_is_exact_and_optimizer_continues_identically(tmp_path):
         assert torch.equal(p, q)
 
 
-def test_corrupt_or_partial_checkpoint_falls_back(tmp_path):
+def test_corrupt_or_partial_checkpoint_falls_back(tmp_path, caplog):
     for e in (1, 2, 3):
         ck.save_checkpoint(tmp_path, e, {"w": {"x": torch.full((3,), float(e))}})
     # epoch 3: flip a byte of the tensors; epoch 2 fine; stale staging dir ignored
@@ -67,19 +68,22 @@ def test_corrupt_or_partial_checkpoint_falls_back(tmp_path):
     data[-1] ^= 0xFF
     blob.write_bytes(bytes(data))
     (tmp_path / ".tmp-epoch_000004-1").mkdir()
-    messages = []
-    best = ck.latest_checkpoint(tmp_path, log=messages.append)
+    caplog.set_level(logging.WARNING, logger="cxrl")
+    best = ck.latest_checkpoint(tmp_path)
+    messages = [r.getMessage() for r in caplog.records]
     assert best.name == "epoch_000002"
     assert len(messages) == 1 and "epoch_000003" in messages[0] and "checksum" in messages[0]
     with pytest.raises(ValueError, match="checksum"):
         ck.load_checkpoint(tmp_path / "epoch_000003")
     # no manifest = partial write
     (tmp_path / "epoch_000002" / "manifest.json").unlink()
-    assert ck.latest_checkpoint(tmp_path, log=messages.append).name == "epoch_000001"
-    assert "partial" in messages[-1]
+    assert ck.latest_checkpoint(tmp_path).name == "epoch_000001"
+    assert "partial" in caplog.records[-1].getMessage()
     # unparseable manifest
     (tmp_path / "epoch_000001" / "manifest.json").write_text("{")
-    assert ck.latest_checkpoint(tmp_path, log=messages.append) is None
+    assert ck.latest_checkpoint(tmp_path) is None
+    before = len(caplog.records)
+    assert ck.latest_checkpoint(tmp_path, quiet=True) is None and len(caplog.records) == before   # quiet: no message
 
 
 def test_resave_same_epoch_and_prune(tmp_path):

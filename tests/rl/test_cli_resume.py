@@ -95,7 +95,7 @@ def test_cli_errors_are_clear_and_non_zero(tmp_path, capsys):
 
 def test_train_without_arguments_runs_the_demo_or_says_what_is_missing(tmp_path, monkeypatch, capsys):
     from cxrl.cli import main
-    from cxrl.rl.components import resolve_asset
+    from cxrl.compose import resolve_asset
 
     try:
         resolve_asset("asset:base")

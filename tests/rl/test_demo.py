@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxrl.config import load_config, to_dict
+from cxrl.config import load_config, packaged_config_text, to_dict
 
 REPO = Path(__file__).resolve().parents[2]
 ABLATIONS = {   # file -> the dotted config keys it changes relative to the demo (plus log.output_dir)
@@ -33,10 +33,6 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def test_packaged_demo_config_is_the_repo_copy():
-    assert (REPO / "configs" / "demo.yaml").read_text() == (REPO / "cxrl" / "configs" / "demo.yaml").read_text()
-
-
 def test_demo_config_enables_held_out_evaluation():
     cfg = load_config(None)
     assert cfg.eval.enabled and cfg.eval.split != cfg.data.split and cfg.eval.samples_per_prompt == 4
@@ -45,7 +41,7 @@ def test_demo_config_enables_held_out_evaluation():
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
 def test_ablation_config_changes_only_its_keys(name):
-    demo = _flat(to_dict(load_config(REPO / "configs" / "demo.yaml")))
+    demo = _flat(to_dict(load_config("packaged:demo.yaml")))
     ablation = _flat(to_dict(load_config(REPO / "configs" / "ablations" / name)))
     changed = {k for k in demo if demo[k] != ablation[k]}
     assert changed == ABLATIONS[name] | {"log.output_dir"}
@@ -70,7 +66,7 @@ def test_extends_errors_name_the_file(tmp_path):
     (tmp_path / "sub").mkdir()
     bad = tmp_path / "sub" / "bad.yaml"
     bad.write_text("extends: ../demo.yaml\ntrain: {learning_rat: 1.0}\n")
-    (tmp_path / "demo.yaml").write_text((REPO / "configs" / "demo.yaml").read_text())
+    (tmp_path / "demo.yaml").write_text(packaged_config_text("demo.yaml"))
     with pytest.raises(ValueError, match="train.learning_rate"):
         load_config(bad)
 
@@ -81,77 +77,6 @@ def test_eval_split_must_be_held_out():
     with pytest.raises(ValueError, match="eval.enabled"):
         load_config(None, ["data.source=mimic", "data.path=/data/mimic"])
     assert load_config(None, ["data.source=mimic", "data.path=/data/mimic", "eval.enabled=false"]).eval.enabled is False
-
-
-def _scores(posture, consistency, probs):
-    return {"posture": posture, "consistency": consistency, "probs": probs}
-
-
-def test_paired_bootstrap_reference_values():
-    from cxrl.eval.auroc import macro_auroc
-    from cxrl.rl.demo import paired_bootstrap
-
-    g = torch.Generator().manual_seed(0)
-    prompts, per_prompt = 12, 3
-    labels = torch.full((prompts, 14), math.nan, dtype=torch.float64)
-    labels[:, 0] = torch.tensor([1.0, 0.0] * 6)
-    labels[:, 2] = torch.tensor([0.0, 0.0, 1.0] * 4)
-    base = _scores(-torch.rand(prompts, per_prompt, generator=g, dtype=torch.float64),
-                   torch.rand(prompts, per_prompt, generator=g, dtype=torch.float64),
-                   torch.rand(prompts, per_prompt, 14, generator=g, dtype=torch.float64))
-    same = paired_bootstrap(base, base, labels, resamples=50, seed=1)
-    for key in ("posture", "consistency", "auroc"):
-        assert same[key]["diff"] == 0 and same[key]["ci_low"] == 0 and same[key]["ci_high"] == 0
-
-    # tuned = base shifted by a constant: posture/consistency differences are exactly the shift in every
-    # resample; perfectly separating probabilities give AUROC 1 against the macro AUROC of the base
-    separating = labels.nan_to_num(0.5).unsqueeze(1).expand(-1, per_prompt, -1).clone()
-    tuned = _scores(base["posture"] + 0.1, base["consistency"] - 0.05, separating)
-    out = paired_bootstrap(base, tuned, labels, resamples=50, seed=1)
-    assert out["posture"]["diff"] == pytest.approx(0.1) and out["posture"]["std"] == pytest.approx(0.0, abs=1e-12)
-    assert out["consistency"]["ci_high"] == pytest.approx(-0.05)
-    expected_base = macro_auroc(base["probs"].flatten(0, 1), labels.repeat_interleave(per_prompt, 0)).macro
-    assert out["auroc"]["base"] == pytest.approx(expected_base) and out["auroc"]["tuned"] == pytest.approx(1.0)
-    assert out["auroc"]["ci_low"] <= out["auroc"]["diff"] <= out["auroc"]["ci_high"]
-
-    # the AUROC over chosen label columns averages exactly those labels in the full set and every resample;
-    # the all-label AUROC is reported beside it
-    only_first = paired_bootstrap(base, tuned, labels, resamples=50, seed=1, columns=[0])
-    labels_first = labels.repeat_interleave(per_prompt, 0)
-    expected_first = macro_auroc(base["probs"].flatten(0, 1), labels_first, columns=[0]).macro
-    assert only_first["auroc"]["base"] == pytest.approx(expected_first) != pytest.approx(expected_base)
-    assert only_first["auroc_all_labels"]["base"] == pytest.approx(expected_base)
-    assert only_first["auroc"]["tuned"] == pytest.approx(1.0)
-
-
-def test_held_out_items_are_distinct_test_prompts():
-    from cxrl.data.iuxray import IUXrayReports
-    from cxrl.rl.demo import held_out_items
-
-    items = held_out_items("test", 6, seed=3, resolution=32)
-    assert len({i["prompt"] for i in items}) == 6
-    assert all(i["id"].startswith("phantom-test-") and i["image"].shape == (1, 32, 32) for i in items)
-    assert [i["id"] for i in held_out_items("test", 6, seed=3, resolution=32)] == [i["id"] for i in items]
-    distinct = len(set(IUXrayReports(split="test").prompts))
-    with pytest.raises(ValueError, match="eval.num_prompts"):
-        held_out_items("test", distinct + 1, seed=0, resolution=32)
-    every = held_out_items("test", 0, seed=0, resolution=32)   # 0: the whole split, once per distinct prompt
-    assert len(every) == len({i["prompt"] for i in every}) == distinct
-    assert {i["id"] for i in items} <= {i["id"] for i in every}
-    with pytest.raises(ValueError, match="eval.num_prompts must be 0"):
-        load_config(None, ["eval.enabled=true", "eval.num_prompts=1"])
-
-
-def test_reward_models_are_refused_as_evaluators(tmp_path):
-    from cxrl.rl.demo import evaluate_run
-
-    cfg = load_config(None, ["eval.evaluators=" + str(REPO / "cxrl" / "assets" / "rewards")])
-
-    class Shape:   # evaluate_run checks evaluators before sampling anything
-        latent_shape, device, resolution = (1, 32, 32), torch.device("cpu"), (32, 32)
-
-    with pytest.raises(ValueError, match="reward model the RL optimises"):
-        evaluate_run(cfg, Shape(), base_gen=Shape(), out_dir=tmp_path, log=lambda m: None)
 
 
 SMOKE = ["train.epochs=1", "sampling.samples_per_epoch=8", "sampling.batch_size=8", "sampling.num_steps=4",

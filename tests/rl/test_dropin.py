@@ -20,8 +20,10 @@ from cxrl.config import load_config
 from cxrl.diffusion.generator import load_generator
 from cxrl.diffusion.rollout import sample_images
 from cxrl.rl import checkpoint as ck
-from cxrl.rl.prompts import PromptPool, load_prompt_pool, read_prompt_file
-from cxrl.rl.trainer import Trainer
+from cxrl.compose import build_trainer
+from cxrl.compose import prompt_pool as load_prompt_pool
+from cxrl.data.prompt_files import read_prompt_file
+from cxrl.rl.prompts import PromptPool
 
 EXAMPLE = REPO / "examples" / "brightness.yaml"
 # Small enough for a loaded 2-core CPU (~20 s a run), strong enough to move the tiny model: full fine-tuning,
@@ -199,7 +201,7 @@ def test_dropin_config_fields_and_their_errors(monkeypatch):
     pool = load_prompt_pool(cfg.data)
     assert [e["prompt"] for e in pool.entries][:1] == ["a photo of a lighthouse at dusk"] and pool.weights[0] == 0.4
     with pytest.raises(ValueError, match="data.prompt_column / data.weight_column are for data.source 'file'"):
-        load_prompt_pool(load_config(EXAMPLE, ["data.source=iu_xray"]).data)
+        load_prompt_pool(load_config(EXAMPLE, ["data.source=iuxray"]).data)
     from cxrl.rewards import load_custom_reward
 
     with pytest.raises(FileNotFoundError, match="resolved against the current directory"):
@@ -240,7 +242,7 @@ def _trainer(sd_dir, tmp_path, components, feedback="comparative"):
                  f"data.path={tmp_path / 'prompts.csv'}", f"rewards.feedback={feedback}",
                  "rewards.components=" + json.dumps(components).replace("RF", str(tmp_path / "my_rewards.py"))]
     cfg = load_config(EXAMPLE, overrides)
-    return Trainer(cfg, load_prompt_pool(cfg.data))
+    return build_trainer(cfg, load_prompt_pool(cfg.data))
 
 
 def _score_one_epoch(tr):

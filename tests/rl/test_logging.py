@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrl.rl.logging import MetricsLogger, plot_reward_curves, read_metrics, save_sample_grid
-from cxrl.rl.prompts import read_prompt_file
+from cxrl.data.prompt_files import read_prompt_file
+from cxrl.rl.logging import MetricsLogger, plot_reward_curves, read_metrics
 
 
 def test_jsonl_truncate_and_curves(tmp_path):
@@ -32,16 +32,6 @@ def test_jsonl_truncate_and_curves(tmp_path):
     else:
         MetricsLogger(tmp_path / "tb", tensorboard="on").log(0, {"reward/a/mean": 1.0})
         assert any((tmp_path / "tb" / "tensorboard").iterdir())
-
-
-def test_sample_grid(tmp_path):
-    images = torch.rand(5, 1, 16, 16)
-    out = save_sample_grid(images, [f"prompt {i} " * 10 for i in range(5)], tmp_path / "grid.png", cols=3)
-    assert Image.open(out).size[0] > Image.open(out).size[1] * 0.5
-    with pytest.raises(ValueError, match="captions"):
-        save_sample_grid(images, ["a"], tmp_path / "bad.png")
-    with pytest.raises(ValueError, match=r"\[B, 1\|3, H, W\]"):
-        save_sample_grid(torch.rand(2, 2, 4, 4), ["a", "b"], tmp_path / "bad.png")
 
 
 def test_prompt_files(tmp_path):

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from rl_run_helpers import tiny_overrides
+from cxrl.compose import build_trainer
 from cxrl.config import Config, apply_overrides
 from cxrl.diffusion.rollout import recompute_log_prob
 from cxrl.rl import checkpoint as ck
 from cxrl.rl.prompts import PromptPool
-from cxrl.rl.trainer import Trainer
 from cxrl.rl.update import NonFiniteAbort
 
 PROMPTS = ["small left pleural effusion", "no acute cardiopulmonary process", "mild cardiomegaly"]
@@ -17,7 +17,7 @@ PROMPTS = ["small left pleural effusion", "no acute cardiopulmonary process", "m
 
 def _trainer(gen_dir, out, extra=(), epochs=2, prompts=PROMPTS):
     cfg = apply_overrides(Config(), tiny_overrides(gen_dir, out, epochs=epochs, extra=extra))
-    return Trainer(cfg, PromptPool([{"prompt": p, "labels": None} for p in prompts]))
+    return build_trainer(cfg, PromptPool([{"prompt": p, "labels": None} for p in prompts]))
 
 
 def _epoch_batch(tr, epoch=0):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cxrl.data.iuxray import IUXrayReports
 from cxrl.data.phantom.posture import sample_posture
 from cxrl.data.phantom.render import render_phantom
 
@@ -15,13 +16,11 @@ class PhantomCXR(torch.utils.data.Dataset):
     seeds, for training on tens of thousands of images). ``posture_strength`` 0 renders every phantom
     in the canonical pose. Everything is a pure function of (seed, index): two datasets built alike
     return identical items.
-    """
 
+    """
     def __init__(self, split: str = "train", resolution: int = 64, seed: int = 0, posture_strength: float = 0.5,
                  reports=None, length: int | None = None, prompt_source: str = "impression"):
         if reports is None:
-            from cxrl.data.iuxray import IUXrayReports
-
             reports = IUXrayReports(split=split, prompt_source=prompt_source)
         if len(reports) == 0:
             raise ValueError(f"PhantomCXR: the '{split}' report split is empty")
@@ -37,6 +36,11 @@ class PhantomCXR(torch.utils.data.Dataset):
 
     def item_seed(self, index: int) -> int:
         return (self.seed * 1_000_003 + index) & 0x7FFFFFFF
+
+    def prompt_entry(self, index: int) -> dict:
+        """``{"prompt", "labels"}`` of item ``index`` without rendering it."""
+        report_index = index % len(self.reports)
+        return {"prompt": self.reports.prompts[report_index], "labels": self.reports.label_tensor(report_index)}
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cxrl.data.phantom import fields as F
-from cxrl.data.phantom.anatomy import HILA, LUNG_BOX, Anatomy
+from cxrl.data.phantom.anatomy import HILA, LUNG_BOX, Anatomy, lung_fields
 
 
 @dataclass
@@ -133,8 +133,6 @@ def lung_lesion(a: Anatomy, layers: Layers, rng, severity: float, masks, index) 
 def pneumothorax(a: Anatomy, layers: Layers, rng, severity: float, masks, index) -> None:
     """The lung collapses toward its hilum: pleural air without markings at the apex and lateral
     side, with a thin visible visceral pleural line."""
-    from cxrl.data.phantom.anatomy import lung_fields
-
     side = _side(rng, both_ok=False)[0]
     hu, hv = HILA[side]
     shrink = 1.0 - severity * rng.uniform(0.22, 0.32)
@@ -149,8 +147,6 @@ def pneumothorax(a: Anatomy, layers: Layers, rng, severity: float, masks, index)
 
 def pleural_other(a: Anatomy, layers: Layers, rng, severity: float, masks, index) -> None:
     """Pleural thickening: a dense rim along the apical and lateral pleura of one lung."""
-    from cxrl.data.phantom.anatomy import lung_fields
-
     side = _side(rng, both_ok=False)[0]
     cu, cv = (-0.42 if side == 0 else 0.42), 0.0
     shrink = 0.90

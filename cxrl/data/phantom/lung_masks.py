@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cxrl.data.iuxray import torchxrayvision_data_file
+
 MASK_SIZE = 128
 _CACHE_VERSION = 1
 _LOCK = threading.Lock()
@@ -82,8 +84,6 @@ def load_lung_masks() -> np.ndarray:
     with _LOCK:
         if _MASKS is not None:
             return _MASKS
-        from cxrl.data.iuxray import torchxrayvision_data_file
-
         source = torchxrayvision_data_file("semantic_masks_v7labs_lungs.zip")
         stamp = f"{source.stat().st_size}"
         cached = cache_dir() / f"phantom_lung_masks_v{_CACHE_VERSION}_{MASK_SIZE}.npz"

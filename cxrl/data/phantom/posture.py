@@ -1,4 +1,5 @@
-"""Posture ψ = (s_x, s_y, t_x, t_y, θ) of a phantom (docs/architecture.md).
+"""Posture ψ = (s_x, s_y, t_x, t_y, θ): the one definition of the convention, shared by the phantom renderer
+(numpy) and the posture reward (torch; ``cxrl.rewards.posture``). See docs/architecture.md.
 
 ψ is the transform that maps the rendered image back to the canonical pose:
 ``grid_sample(image, affine_grid(posture_matrix(ψ)))`` ≈ the same phantom rendered with the identity
@@ -8,20 +9,27 @@ which is how the renderer evaluates its anatomy.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-IDENTITY_POSTURE = np.array([1.0, 1.0, 0.0, 0.0, 0.0], dtype=np.float32)
+IDENTITY_POSTURE = (1.0, 1.0, 0.0, 0.0, 0.0)   # canonical pose: unit scales, no shift, no rotation
 
 
-def posture_matrix(psi) -> np.ndarray:
-    """ψ -> the 2x3 affine ``[[s_x cosθ, -s_y sinθ, t_x], [s_x sinθ, s_y cosθ, t_y]]``."""
-    psi = np.asarray(psi, dtype=np.float64).reshape(-1)
-    if psi.shape != (5,) or not np.all(np.isfinite(psi)):
-        raise ValueError(f"posture: expected 5 finite values (s_x, s_y, t_x, t_y, theta), got {psi.tolist()}")
-    sx, sy, tx, ty, theta = psi
-    if sx <= 0 or sy <= 0:
-        raise ValueError(f"posture: scales s_x, s_y must be positive, got {sx}, {sy}")
-    c, s = np.cos(theta), np.sin(theta)
-    return np.array([[sx * c, -sy * s, tx], [sx * s, sy * c, ty]], dtype=np.float64)
+def posture_matrix(psi):
+    """ψ ``[..., 5]`` -> the affine ``[..., 2, 3]`` ``[[s_x cosθ, -s_y sinθ, t_x], [s_x sinθ, s_y cosθ, t_y]]``,
+    for a numpy array (one phantom's ψ; float64 out, with finite values and positive scales checked) or a torch
+    tensor (a batch of predicted ψ, in its dtype)."""
+    lib = torch if isinstance(psi, torch.Tensor) else np
+    if lib is np:
+        psi = np.asarray(psi, dtype=np.float64).reshape(-1)
+        if psi.shape != (5,) or not np.all(np.isfinite(psi)):
+            raise ValueError(f"posture: expected 5 finite values (s_x, s_y, t_x, t_y, theta), got {psi.tolist()}")
+        if psi[0] <= 0 or psi[1] <= 0:
+            raise ValueError(f"posture: scales s_x, s_y must be positive, got {psi[0]}, {psi[1]}")
+    elif psi.dim() != 2 or psi.shape[1] != 5:
+        raise ValueError(f"posture psi must have shape [B, 5] (s_x, s_y, t_x, t_y, theta), got {tuple(psi.shape)}")
+    sx, sy, tx, ty, theta = (psi[..., k] for k in range(5))
+    c, s = lib.cos(theta), lib.sin(theta)
+    return lib.stack([lib.stack([sx * c, -sy * s, tx], -1), lib.stack([sx * s, sy * c, ty], -1)], -2)
 
 
 def inverse_affine(matrix: np.ndarray) -> np.ndarray:

@@ -42,7 +42,7 @@ def render_phantom(labels, posture=None, seed: int = 0, resolution: int = 64) ->
     """
     if not isinstance(resolution, (int, np.integer)) or resolution < 16:
         raise ValueError(f"resolution: expected an int >= 16, got {resolution!r}")
-    psi = IDENTITY_POSTURE.copy() if posture is None else np.asarray(posture, dtype=np.float32).reshape(-1)
+    psi = np.array(IDENTITY_POSTURE, dtype=np.float32) if posture is None else np.asarray(posture, dtype=np.float32).reshape(-1)
     inv = inverse_affine(posture_matrix(psi))
     severity = _severities(labels)
     rng = np.random.default_rng(int(seed))

@@ -1,6 +1,7 @@
 """Training loops of the project's own reward models (CPU-friendly; data rendered once, held in memory).
 
-Each ``train_*`` takes tensors (images [N, 1, H, W] in [0, 1], labels [N, 14], prompts), trains with AdamW
+Each ``train_*`` takes tensors (images [N, 1, H, W] in [0, 1], labels [N, NUM_LABELS], prompts) and the
+``reward_training`` config section (:class:`cxrl.config.RewardTrainingConfig`), trains with AdamW
 and a cosine learning rate, evaluates on a held-out slice, and returns the frozen reward model plus a dict
 of measured validation numbers (written into the model's config.json by the command).
 Augmentations model what the reward will see on generated images: intensity/contrast jitter and film
@@ -9,33 +10,20 @@ reward's business, the others must be invariant to it).
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
-from dataclasses import asdict, dataclass
 
 import torch
 
+from cxrl.config import RewardTrainingConfig
+from cxrl.data.labels import CHEXPERT_LABELS
+from cxrl.eval.auroc import macro_auroc
 from cxrl.rewards.consistency import ConsistencyReward, DualEncoder, info_nce_loss
 from cxrl.rewards.diagnostic import CXRClassifier, DiagnosticReward, masked_bce_loss
 from cxrl.rewards.posture import IDENTITY_POSTURE, PostureNet, PostureReward, pose_images, sample_postures
 
-
-@dataclass
-class TrainConfig:
-    epochs: int = 8
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    val_fraction: float = 0.1
-    seed: int = 0
-    widths: tuple = (16, 32, 64, 128)
-    feature_dim: int = 128
-    # posture perturbation ranges (self-supervised targets) and augmentation posture range
-    max_scale: float = 0.15
-    max_shift: float = 0.15
-    max_rotation: float = 0.3
-    aug_posture: float = 0.5   # fraction of the ranges above used as augmentation for diagnostic/consistency
-    log_every: int = 0         # print a loss line every N steps (0: once per epoch)
+log = logging.getLogger(__name__)
 
 
 def _split(n: int, val_fraction: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,10 +56,10 @@ def _schedule(opt, total_steps: int, base_lr: float):
     return set_step
 
 
-def _loop(params, cfg: TrainConfig, n_train: int, step_fn, name: str) -> list[float]:
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+def _loop(params, cfg: RewardTrainingConfig, n_train: int, step_fn, name: str) -> list[float]:
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, n_train // cfg.batch_size)
-    set_step = _schedule(opt, cfg.epochs * steps_per_epoch, cfg.lr)
+    set_step = _schedule(opt, cfg.epochs * steps_per_epoch, cfg.learning_rate)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     step, history = 0, []
     t0 = time.perf_counter()
@@ -89,13 +77,13 @@ def _loop(params, cfg: TrainConfig, n_train: int, step_fn, name: str) -> list[fl
             running += float(loss.detach())
             step += 1
             if cfg.log_every and step % cfg.log_every == 0:
-                print(f"[{name}] step {step} loss {float(loss):.4f}", flush=True)
+                log.info("[%s] step %d loss %.4f", name, step, float(loss))
         history.append(running / steps_per_epoch)
-        print(f"[{name}] epoch {epoch + 1}/{cfg.epochs} loss {history[-1]:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        log.info("[%s] epoch %d/%d loss %.4f (%.0fs)", name, epoch + 1, cfg.epochs, history[-1], time.perf_counter() - t0)
     return history
 
 
-def _augment_posture(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+def _augment_posture(x: torch.Tensor, cfg: RewardTrainingConfig, gen: torch.Generator) -> torch.Tensor:
     if cfg.aug_posture <= 0:
         return x
     psi = sample_postures(x.shape[0], gen, cfg.max_scale * cfg.aug_posture, cfg.max_shift * cfg.aug_posture,
@@ -103,7 +91,7 @@ def _augment_posture(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) ->
     return pose_images(x, psi)
 
 
-def train_posture(canonical: torch.Tensor, cfg: TrainConfig) -> tuple[PostureReward, dict]:
+def train_posture(canonical: torch.Tensor, cfg: RewardTrainingConfig) -> tuple[PostureReward, dict]:
     """Self-supervised: warp canonical images [N,1,H,W] with random known ψ, regress ψ."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -136,27 +124,7 @@ def train_posture(canonical: torch.Tensor, cfg: TrainConfig) -> tuple[PostureRew
     return PostureReward(net), metrics
 
 
-def macro_auroc(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, dict]:
-    """Rank-based AUROC per label over 0/1-labelled entries (labels with both classes only); macro mean."""
-    per = {}
-    for c in range(labels.shape[1]):
-        m = (labels[:, c] == 0) | (labels[:, c] == 1)
-        y, s = labels[m, c], scores[m, c]
-        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
-        if n_pos == 0 or n_neg == 0:
-            continue
-        ranks = torch.empty_like(s)
-        order = s.argsort()
-        ranks[order] = torch.arange(1, len(s) + 1, dtype=s.dtype)
-        for v in s.unique():  # average ranks of ties
-            tie = s == v
-            if int(tie.sum()) > 1:
-                ranks[tie] = ranks[tie].mean()
-        per[c] = float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-    return (sum(per.values()) / len(per) if per else float("nan")), per
-
-
-def train_diagnostic(images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig) -> tuple[DiagnosticReward, dict]:
+def train_diagnostic(images: torch.Tensor, labels: torch.Tensor, cfg: RewardTrainingConfig) -> tuple[DiagnosticReward, dict]:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     train_idx, val_idx = _split(images.shape[0], cfg.val_fraction, gen)
@@ -172,10 +140,8 @@ def train_diagnostic(images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfi
     net.eval()
     with torch.no_grad():
         probs = torch.cat([net.probabilities(images[val_idx[i:i + 256]].float()) for i in range(0, len(val_idx), 256)])
-    auc, per = macro_auroc(probs, labels[val_idx])
-    from cxrl.rewards.xrv_backend import CHEXPERT_ORDER
-
-    metrics = {"val_macro_auroc": round(auc, 4), "val_auroc": {CHEXPERT_ORDER[c]: round(v, 4) for c, v in per.items()},
+    auroc = macro_auroc(probs, labels[val_idx], label_names=list(CHEXPERT_LABELS))
+    metrics = {"val_macro_auroc": round(auroc.macro, 4), "val_auroc": {k: round(v, 4) for k, v in auroc.per_label.items()},
                "train_loss": [round(h, 5) for h in history]}
     return DiagnosticReward(net), metrics
 
@@ -186,7 +152,7 @@ def finding_keys(labels: torch.Tensor) -> torch.Tensor:
     return (present * (2 ** torch.arange(labels.shape[1]))).sum(dim=1)
 
 
-def train_consistency(images: torch.Tensor, prompts: list[str], tokenizer, cfg: TrainConfig, *,
+def train_consistency(images: torch.Tensor, prompts: list[str], tokenizer, cfg: RewardTrainingConfig, *,
                       labels: torch.Tensor | None = None, embed_dim: int = 64, text_width: int = 96, text_layers: int = 2, max_length: int | None = None
                       ) -> tuple[ConsistencyReward, dict]:
     torch.manual_seed(cfg.seed)
@@ -229,8 +195,3 @@ def train_consistency(images: torch.Tensor, prompts: list[str], tokenizer, cfg: 
                         "val_mean_matching_cos": round(float(sim.diag().mean()), 4)})
     return ConsistencyReward(net), metrics
 
-
-def config_dict(cfg: TrainConfig) -> dict:
-    d = asdict(cfg)
-    d["widths"] = list(d["widths"])
-    return d

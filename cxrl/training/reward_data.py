@@ -15,7 +15,11 @@ import zlib
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from cxrl.data import IUXrayReports, MimicCXR
+from cxrl.data.phantom import render_phantom
 
 SUBSETS = ("reward", "evaluator", "all")
 
@@ -32,8 +36,6 @@ def phantom_training_set(subset: str = "reward", phantom_seed: int = 0, renders_
         raise ValueError(f"report subset must be one of {SUBSETS}, got {subset!r}")
     if renders_per_report < 1:
         raise ValueError(f"renders_per_report must be >= 1, got {renders_per_report}")
-    from cxrl.data import IUXrayReports
-    from cxrl.data.phantom import render_phantom
 
     reports = IUXrayReports(split=split)
     t0 = time.perf_counter()
@@ -63,8 +65,6 @@ def phantom_training_set(subset: str = "reward", phantom_seed: int = 0, renders_
 
 
 def mimic_training_set(root, split: str = "train", resolution: int = 64, limit: int | None = 20000) -> dict:
-    from cxrl.data import MimicCXR
-
     ds = MimicCXR(root, split=split, resolution=resolution)
     images, labels, prompts = [], [], []
     for i in range(len(ds) if limit is None else min(limit, len(ds))):
@@ -92,7 +92,6 @@ def load_training_set(path, expected_meta: dict | None = None) -> dict | None:
     path = Path(path)
     if not path.is_file():
         return None
-    from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
         header = f.metadata() or {}

@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
+
+from cxrl.data.iuxray import IUXrayReports
+from cxrl.data.phantom.dataset import PhantomCXR
 
 
 @dataclass
@@ -47,8 +51,6 @@ class PhantomTrainingSet:
 
 def load_reports(split: str, prompt_source: str = "impression"):
     """IU X-ray reports of one split (``cxrl.data.IUXrayReports``; parsed once per process)."""
-    from cxrl.data.iuxray import IUXrayReports
-
     return IUXrayReports(split=split, prompt_source=prompt_source)
 
 
@@ -58,8 +60,6 @@ def render_training_set(reports, num_images: int, resolution: int, seed: int, po
 
     A pure function of its arguments: the phantom world seeds every item from ``(seed, index)``.
     """
-    from cxrl.data.phantom.dataset import PhantomCXR
-
     if not isinstance(num_images, int) or isinstance(num_images, bool) or num_images < 1:
         raise ValueError(f"num_images: expected a positive int, got {num_images!r}")
     dataset = PhantomCXR(split=split, resolution=resolution, seed=seed, posture_strength=posture_strength,
@@ -69,8 +69,6 @@ def render_training_set(reports, num_images: int, resolution: int, seed: int, po
     prompt_ids: dict[str, int] = {}
     indices = range(num_images)
     if progress:
-        from tqdm import tqdm
-
         indices = tqdm(indices, desc="render phantoms", unit="img", mininterval=2.0)
     for i in indices:
         item = dataset[i]

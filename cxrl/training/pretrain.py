@@ -16,111 +16,25 @@ Deterministic given ``seed``: the weights are initialised from it (``make_tiny_g
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
-import difflib
 import json
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers import DDIMScheduler
+from tqdm import tqdm
 
-from cxrl.diffusion.pretrain_data import PhantomTrainingSet
+from cxrl.config import PretrainConfig, validate_section
+from cxrl.diffusion.generator import load_generator, save_generator
+from cxrl.training.pretrain_data import PhantomTrainingSet
+from cxrl.diffusion.tiny import make_tiny_generator
 
-LR_SCHEDULES = ("cosine", "constant")
 STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-
-
-@dataclass
-class PretrainConfig:
-    """Everything that determines the base generator; the defaults are the shipped demo base."""
-
-    seed: int = 0                                 # weights init, phantom renders, batches, noise
-    # model (see cxrl.diffusion.tiny.make_tiny_generator)
-    resolution: int = 32                          # pixels per side (1 channel)
-    block_out_channels: list = field(default_factory=lambda: [32, 64, 64])
-    layers_per_block: int = 1
-    attention_head_dim: int = 8                   # heads of the cross-attention level (diffusers naming)
-    cross_attention_dim: int = 64                 # text width = cross-attention width
-    text_layers: int = 2
-    text_heads: int = 2
-    vocab_size: int = 2000                        # upper bound of the BPE vocabulary
-    # data
-    num_images: int = 20000                       # phantoms rendered once and cached as uint8
-    posture_strength: float = 1.0                 # random patient positioning (0 = canonical pose)
-    prompt_source: str = "impression"             # report section the prompt is taken from
-    # optimisation
-    steps: int = 1500
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    lr_schedule: str = "cosine"
-    warmup_steps: int = 100
-    weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
-    cond_dropout: float = 0.1                     # share of prompts replaced by "" (for CFG)
-    ema_decay: float = 0.995
-    storage_dtype: str = "float16"                # dtype of the saved weights (fp16 halves the package size)
-    # sampling: clip the DDIM step's predicted x_0 to [-1, 1]. A pixel-space model on the DDPM linear
-    # schedule needs it at 10-20 steps: at t ~ 950 the x_0 estimate divides the noise error by
-    # sqrt(alpha_t) ~ 0.01, and unclipped samples saturate (measured on the shipped base, 20 steps:
-    # 13 of 16 samples all-black/all-white without, 0 of 16 with). The step stays a Gaussian policy.
-    clip_sample: bool = True
-
-    def validate(self) -> "PretrainConfig":
-        def need(ok: bool, name: str, what: str):
-            if not ok:
-                raise ValueError(f"pretrain config '{name}' {what}, got {getattr(self, name)!r}")
-
-        ints = ("seed", "resolution", "layers_per_block", "attention_head_dim", "cross_attention_dim", "text_layers",
-                "text_heads", "vocab_size", "num_images", "steps", "batch_size", "warmup_steps")
-        for name in ints:
-            value = getattr(self, name)
-            need(isinstance(value, int) and not isinstance(value, bool), name, "must be an integer")
-        for name in ("posture_strength", "learning_rate", "weight_decay", "max_grad_norm", "cond_dropout", "ema_decay"):
-            value = getattr(self, name)
-            need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), name,
-                 "must be a finite number")
-        need(self.seed >= 0, "seed", "must be >= 0")
-        need(self.resolution >= 16, "resolution", "must be >= 16 (the phantom renderer's minimum)")
-        need(isinstance(self.block_out_channels, (list, tuple)) and len(self.block_out_channels) >= 2
-             and all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in self.block_out_channels),
-             "block_out_channels", "must be a list of >= 2 positive ints")
-        for name in ("layers_per_block", "attention_head_dim", "cross_attention_dim", "text_layers", "text_heads",
-                     "num_images", "steps", "batch_size"):
-            need(getattr(self, name) >= 1, name, "must be >= 1")
-        need(self.vocab_size >= 514, "vocab_size", "must be >= 514 (256 byte symbols with and without </w>, BOS, EOS)")
-        need(0.0 <= self.posture_strength <= 2.0, "posture_strength", "must lie in [0, 2]")
-        need(self.prompt_source in ("impression", "findings", "both"), "prompt_source", "must be impression|findings|both")
-        need(self.learning_rate > 0, "learning_rate", "must be > 0")
-        need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {LR_SCHEDULES}")
-        need(0 <= self.warmup_steps < self.steps, "warmup_steps", "must be >= 0 and < steps")
-        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        need(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 disables clipping)")
-        need(0.0 <= self.cond_dropout < 1.0, "cond_dropout", "must lie in [0, 1)")
-        need(0.0 <= self.ema_decay < 1.0, "ema_decay", "must lie in [0, 1) (0 = no EMA)")
-        need(isinstance(self.clip_sample, bool), "clip_sample", "must be true or false")
-        need(self.storage_dtype in STORAGE_DTYPES, "storage_dtype", f"must be one of {list(STORAGE_DTYPES)}")
-        return self
-
-    @classmethod
-    def from_dict(cls, values: dict | None) -> "PretrainConfig":
-        """Strict: an unknown key names the closest valid one; numbers given as ints are taken for floats."""
-        cfg = cls()
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key, value in (values or {}).items():
-            if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ValueError(f"unknown pretrain config key '{key}'{hint}")
-            if isinstance(getattr(cfg, key), float) and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            setattr(cfg, key, list(value) if isinstance(value, tuple) else value)
-        return cfg.validate()
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 class ExponentialMovingAverage:
@@ -158,11 +72,6 @@ def learning_rate_at(step: int, cfg: PretrainConfig) -> float:
 def build_initial_generator(cfg: PretrainConfig, tokenizer_texts, workdir: str | Path):
     """The random-init generator of ``cfg`` (BPE tokenizer trained on ``tokenizer_texts``), loaded on CPU,
     with the scheduler's ``clip_sample`` set from the config."""
-    from diffusers import DDIMScheduler
-
-    from cxrl.diffusion.generator import load_generator
-    from cxrl.diffusion.tiny import make_tiny_generator
-
     path = make_tiny_generator(
         Path(workdir) / "init", kind="pixel", resolution=cfg.resolution, channels=1,
         block_out_channels=tuple(cfg.block_out_channels), cross_attention_dim=cfg.cross_attention_dim,
@@ -226,7 +135,7 @@ class PretrainResult:
 def pretrain(cfg: PretrainConfig, data: PhantomTrainingSet, tokenizer_texts, *, workdir: str | Path | None = None,
              progress: bool = False, log_every: int = 50, on_log=None) -> PretrainResult:
     """Train a base generator on ``data``; ``on_log(record)`` is called every ``log_every`` steps."""
-    cfg.validate()
+    validate_section(cfg, "pretrain")
     if data.resolution != cfg.resolution:
         raise ValueError(f"data: images are {data.resolution} px but the config's resolution is {cfg.resolution}")
     if log_every < 1:
@@ -250,8 +159,6 @@ def pretrain(cfg: PretrainConfig, data: PhantomTrainingSet, tokenizer_texts, *, 
     history, window = [], []
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=cfg.steps, desc="pretrain", unit="step", mininterval=2.0)
     start = time.perf_counter()
     for step in range(cfg.steps):
@@ -311,10 +218,6 @@ def save_pretrained_base(result: PretrainResult, path: str | Path, *, overwrite:
                          extra: dict | None = None) -> Path:
     """Save the base in the diffusers layout (``storage_dtype`` weights) plus ``pretrain.json``: the
     config, seed, loss history and timing that reproduce it."""
-    import copy
-
-    from cxrl.diffusion.generator import save_generator
-
     stored = copy.deepcopy(result.gen)
     dtype = STORAGE_DTYPES[result.config.storage_dtype]
     for module in (stored.unet, stored.text_encoder):
@@ -322,7 +225,7 @@ def save_pretrained_base(result: PretrainResult, path: str | Path, *, overwrite:
         torch.nn.Module.to(module, dtype=dtype)
     stored.dtype = dtype
     out = save_generator(stored, path, overwrite=overwrite)
-    provenance = {"config": result.config.to_dict(), "final_loss": result.final_loss,
+    provenance = {"config": dataclasses.asdict(result.config), "final_loss": result.final_loss,
                   "train_wall_s": round(result.wall_s, 1), "history": result.history,
                   "torch": torch.__version__, **(extra or {})}
     (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")

@@ -1,0 +1,111 @@
+"""Rewards and evaluators by name: ``rewards.components`` entries become reward models and a
+:class:`~cxrl.rewards.RewardSuite` (with RLCF's seed bank and anchor-score cache); the ``eval`` section
+becomes the held-out :class:`~cxrl.eval.evaluators.Evaluators` and the FID feature extractor."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+from cxrl.config import REWARD_ENTRY_KEYS, Config, EvalConfig, RewardsConfig, SamplingConfig
+from cxrl.eval.evaluators import SHIPPED_REWARD_ROOT, Evaluators, load_evaluators
+from cxrl.eval.fid import ClassifierFeatures, XRVDenseNetFeatures
+from cxrl.rewards import AnchorScoreCache, RewardModel, RewardSuite, SeedBank, load_custom_reward, load_reward_model
+from cxrl.rewards.xrv_backend import xrv_weights_present
+
+log = logging.getLogger(__name__)
+
+
+def reward_from_config(entry: Mapping, device="cpu") -> tuple[RewardModel, float]:
+    """(model, weight) from a config entry, e.g.
+    ``{"name": "diagnostic", "weight": 1.0, "path": null, "backend": "own", "comparative": true}`` or
+    ``{"name": "brightness", "callable": "my_rewards.py:brightness", "weight": 0.5, "comparative": false}``."""
+    entry = dict(entry)
+    unknown = set(entry) - set(REWARD_ENTRY_KEYS)
+    if unknown:
+        raise ValueError(f"reward config entry {entry.get('name')!r}: unknown keys {sorted(unknown)}; allowed: {sorted(REWARD_ENTRY_KEYS)}")
+    if "name" not in entry:
+        raise ValueError(f"reward config entry {entry}: missing 'name'")
+    weight = float(entry.get("weight", 1.0))
+    dtype = getattr(torch, entry["dtype"]) if entry.get("dtype") else None
+    if entry.get("callable"):
+        model = load_custom_reward(entry["callable"], name=entry["name"], comparative=entry.get("comparative"),
+                                   strict=bool(entry.get("strict", False)), kwargs=entry.get("kwargs"))
+        return model.to(device), weight
+    kwargs = dict(entry.get("kwargs") or {})
+    if entry.get("comparative") is not None:
+        kwargs["comparative"] = bool(entry["comparative"])
+    model = load_reward_model(entry["name"], entry.get("path"), backend=entry.get("backend", "own"), device=device,
+                              dtype=dtype, **kwargs)
+    return model, weight
+
+
+def build_reward_suite(rewards: RewardsConfig, sampling: SamplingConfig, device, *, anchor_sampler: Callable | None,
+                       anchor_hash: str, latent_shape, seed: int, cache_path: Path) -> RewardSuite:
+    """The configured reward models, weights and feedback; with comparative feedback, the anchor-score cache at
+    ``cache_path`` (namespaced by the anchor's weights, the sampler settings and the rewards) and the seed bank
+    whose seeds make (prompt, seed) pairs recur."""
+    models, weights = [], {}
+    for entry in rewards.components:
+        model, weight = reward_from_config(entry, device=device)
+        models.append(model)
+        weights[model.name] = weight
+    reward_ids = {json.dumps(e, sort_keys=True): e.get("name") for e in rewards.components}
+    cache = None
+    if rewards.feedback == "comparative":
+        sampler_settings = {"num_steps": sampling.num_steps, "guidance_scale": sampling.guidance_scale,
+                            "eta": sampling.eta, "anchor_batch": sampling.batch_size}
+        cache = AnchorScoreCache(cache_path, anchor_hash=anchor_hash, sampler_settings=sampler_settings,
+                                 reward_ids=reward_ids)
+    bank = SeedBank(seeds_per_prompt=rewards.seed_bank_size, base_seed=seed)
+    return RewardSuite(models, weights, feedback=rewards.feedback, anchor_sampler=anchor_sampler, cache=cache,
+                       seed_bank=bank, latent_shape=latent_shape)
+
+
+def forbidden_evaluator_dirs(rewards: RewardsConfig) -> tuple:
+    """The shipped reward models plus every reward directory the run optimised: never evaluators."""
+    return (SHIPPED_REWARD_ROOT, *(Path(e["path"]) for e in rewards.components if isinstance(e, dict) and e.get("path")))
+
+
+def build_evaluators(cfg: Config, device) -> Evaluators:
+    """The held-out evaluators of ``eval.evaluators`` / ``eval.evaluator_paths`` (default: the shipped ones),
+    refusing any reward model the run's ``rewards`` section optimises."""
+    e = cfg.eval
+    return load_evaluators(e.evaluators or None, dict(e.evaluator_paths), device=device,
+                           forbidden=forbidden_evaluator_dirs(cfg.rewards), xrv_cache_dir=e.xrv_cache_dir or None)
+
+
+def fid_extractor(e: EvalConfig, evaluators: Evaluators | None, *, has_references: bool, device="cpu"):
+    """The FID feature extractor of ``eval.fid_features``, or None when FID is not computed.
+
+    ``evaluator`` = the diagnostic evaluator's own features; ``xrv`` = torchxrayvision DenseNet-121 ``features2``
+    (weights must be in ``eval.xrv_cache_dir``: missing is an error, never a silent switch); ``none``; ``auto`` =
+    the evaluator's features on the phantom world, torchxrayvision's on real CXRs when its weights are on disk
+    (else the evaluator's, and the log says so), and None without a reference set."""
+    choice = e.fid_features
+    if choice == "auto":
+        if not has_references:
+            return None
+        choice = "evaluator"
+        if e.source != "phantom":
+            if xrv_weights_present(e.xrv_weights, e.xrv_cache_dir or None):
+                choice = "xrv"
+            else:
+                log.info("FID features: torchxrayvision weights '%s' are not in the cache, so the diagnostic "
+                         "evaluator's features are used (eval.fid_features=xrv with eval.xrv_cache_dir to insist)",
+                         e.xrv_weights)
+    if choice == "none":
+        return None
+    if choice == "xrv":
+        return XRVDenseNetFeatures(e.xrv_weights, cache_dir=e.xrv_cache_dir or None, device=device)
+    if evaluators is None or evaluators.diagnostic is None:
+        raise ValueError("FID feature extractor 'evaluator' needs the diagnostic evaluator")
+    digest = evaluators.digests.get("diagnostic", "")
+    if digest.startswith("xrv-"):  # a torchxrayvision diagnostic evaluator: its DenseNet features2
+        name = f"{digest}/features2"
+    else:
+        name = "cxrl-diagnostic-evaluator/features" + (f" (sha256 {digest})" if digest else "")
+    return ClassifierFeatures(evaluators.diagnostic, name=name)

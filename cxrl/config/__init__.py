@@ -1,0 +1,219 @@
+"""cxrl's one typed configuration: nested dataclasses, YAML files, dotted ``key=value`` overrides.
+
+Every command reads this one :class:`Config` (``cxrl train`` its RL sections, ``cxrl evaluate`` ``eval`` and
+``sampling``, ``cxrl pretrain`` ``pretrain``, ``cxrl train-reward`` ``reward_training``) through
+:func:`load_config`, and every component receives its section. Each field carries a one-line ``doc``
+(written as a comment by :func:`to_yaml`) and, where it matters, ``choices`` or a range (see
+:mod:`cxrl.config.schema`). A config file may start with ``extends: FILE`` (relative to the file, or
+``packaged:NAME`` for a config shipped in ``cxrl/configs``); its keys are merged over the parent's.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from cxrl.config import schema
+from cxrl.config.sections import (
+    DATA_SOURCES, EVAL_SOURCES, REWARD_ENTRY_KEYS, SPLITS, CheckpointConfig, DataConfig, DistConfig, EvalConfig,
+    LogConfig, ModelConfig, PretrainConfig, RewardsConfig, RewardTrainingConfig, SamplingConfig, TrainConfig,
+)
+
+__all__ = [
+    "Config", "CheckpointConfig", "DataConfig", "DistConfig", "EvalConfig", "LogConfig", "ModelConfig", "PretrainConfig",
+    "RewardTrainingConfig", "RewardsConfig", "SamplingConfig", "TrainConfig", "DATA_SOURCES", "EVAL_SOURCES",
+    "REWARD_ENTRY_KEYS", "SPLITS", "all_keys", "apply_overrides", "from_dict", "load_config", "packaged_config_text",
+    "section_from_dict", "to_dict", "to_yaml", "validate_section",
+]
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "generator, fine-tuning mode, ACE"})
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"doc": "rollouts and evaluation samples"})
+    rewards: RewardsConfig = field(default_factory=RewardsConfig, metadata={"doc": "reward models and RLCF"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"doc": "PPO updates and optimizer"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "prompt source"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"doc": "held-out evaluation (base vs tuned)"})
+    log: LogConfig = field(default_factory=LogConfig, metadata={"doc": "outputs"})
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"doc": "checkpoint and resume"})
+    dist: DistConfig = field(default_factory=DistConfig, metadata={"doc": "torchrun data parallelism"})
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig, metadata={"doc": "cxrl pretrain: the demo base generator"})
+    reward_training: RewardTrainingConfig = field(default_factory=RewardTrainingConfig,
+                                                  metadata={"doc": "cxrl train-reward: the project's own reward models"})
+
+    def validate(self) -> "Config":
+        """Cross-field checks (single fields are checked when they are set)."""
+        s, t = self.sampling, self.train
+        if s.samples_per_epoch % s.group_size:
+            raise ValueError(f"sampling.samples_per_epoch ({s.samples_per_epoch}) must be a multiple of sampling.group_size ({s.group_size})")
+        if t.advantage_min_count > t.advantage_window:
+            raise ValueError(f"train.advantage_min_count ({t.advantage_min_count}) must be <= train.advantage_window ({t.advantage_window})")
+        if t.advantage == "group" and s.group_size < 2:
+            raise ValueError("train.advantage 'group' needs sampling.group_size >= 2 (images per prompt per epoch)")
+        if self.eval.enabled:
+            if self.data.source == "mimic":
+                raise ValueError("eval.enabled evaluates on the phantom world's held-out IU X-ray reports with the phantom "
+                                 "evaluators; a data.source 'mimic' run needs `cxrl evaluate --data mimic` (set eval.enabled=false)")
+            if self.eval.num_prompts == 1:
+                raise ValueError("eval.num_prompts must be 0 (every distinct prompt of eval.split) or >= 2")
+            if self.data.source in ("phantom", "iuxray") and self.eval.split == self.data.split:
+                raise ValueError(f"eval.split ({self.eval.split!r}) must differ from data.split: the evaluation prompts "
+                                 "must be held out from the RL prompts")
+        _validate_reward_entries(self.rewards.components)
+        for section in (self.pretrain, self.reward_training):
+            _SECTION_CHECKS[type(section)](section)
+        return self
+
+
+def _validate_reward_entries(components: list) -> None:
+    if not components:
+        raise ValueError("rewards.components is empty: at least one reward is needed")
+    names = []
+    for i, entry in enumerate(components):
+        where = f"rewards.components[{i}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} must be a mapping like {{name: posture, weight: 1.0}}, got {entry!r}")
+        unknown = sorted(set(entry) - set(REWARD_ENTRY_KEYS))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], REWARD_ENTRY_KEYS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"{where}: unknown key '{unknown[0]}'{hint} (allowed: {', '.join(REWARD_ENTRY_KEYS)})")
+        if not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise ValueError(f"{where}.name must be a non-empty string")
+        weight = entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ValueError(f"{where}.weight must be a number, got {weight!r}")
+        names.append(entry["name"])
+    if len(set(names)) != len(names):
+        raise ValueError(f"rewards.components: reward names must be unique, got {names}")
+
+
+def _positive_ints(key: str, values, min_len: int) -> None:
+    if len(values) < min_len or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ValueError(f"config field '{key}' must be a list of >= {min_len} positive integers, got {values!r}")
+
+
+def _validate_pretrain(p: PretrainConfig) -> None:
+    _positive_ints("pretrain.block_out_channels", p.block_out_channels, min_len=2)
+    if p.warmup_steps >= p.steps:
+        raise ValueError(f"config field 'pretrain.warmup_steps' must be < pretrain.steps ({p.steps}), got {p.warmup_steps}")
+    if p.cond_dropout >= 1.0:
+        raise ValueError(f"config field 'pretrain.cond_dropout' must be < 1, got {p.cond_dropout}")
+    if p.ema_decay >= 1.0:
+        raise ValueError(f"config field 'pretrain.ema_decay' must be < 1 (0 = no EMA), got {p.ema_decay}")
+
+
+def all_keys(cls=Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the configuration, e.g. ``train.learning_rate``."""
+    return schema.all_keys(cls, prefix)
+
+
+def from_dict(data: dict | None) -> Config:
+    cfg = Config()
+    schema.fill(cfg, data or {}, Config)
+    return cfg.validate()
+
+
+def section_from_dict(cls, data: dict | None, prefix: str = ""):
+    """One section from a mapping (e.g. ``section_from_dict(PretrainConfig, provenance["config"])``)."""
+    section = schema.section_from_dict(cls, data, prefix)
+    _SECTION_CHECKS.get(cls, lambda s: None)(section)
+    return section
+
+
+_SECTION_CHECKS = {PretrainConfig: _validate_pretrain,
+                   RewardTrainingConfig: lambda r: _positive_ints("reward_training.widths", r.widths, min_len=1)}
+
+
+def validate_section(section, name: str):
+    """Check every field of a section built in code (``PretrainConfig(steps=...)``) as loading would;
+    returns the section. ``name`` is its key in :class:`Config` (for the messages)."""
+    schema.fill(section, dataclasses.asdict(section), type(section), f"{name}.")
+    _SECTION_CHECKS.get(type(section), lambda s: None)(section)
+    return section
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.field=value`` strings (values parsed as YAML) and re-validate; see
+    :func:`cxrl.config.schema.apply_overrides_to_dict`."""
+    return from_dict(schema.apply_overrides_to_dict(to_dict(cfg), Config, overrides))
+
+
+PACKAGED_PREFIX = "packaged:"
+EXTENDS_KEY = "extends"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """A config from a YAML file (None: the packaged demo config; ``packaged:NAME`` any config shipped in
+    ``cxrl/configs``) plus overrides."""
+    if path is None or str(path).startswith(PACKAGED_PREFIX):
+        name = "demo.yaml" if path is None else str(path)[len(PACKAGED_PREFIX):]
+        text, where, directory = packaged_config_text(name), f"packaged cxrl/configs/{name}", None
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {p}")
+        text, where, directory = p.read_text(), str(p), p.resolve().parent
+    data = _read_yaml_with_extends(text, where, directory, ())
+    try:
+        cfg = from_dict(data)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+    return apply_overrides(cfg, overrides or [])
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``: mappings merge key by key, anything else (lists too) is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_yaml_with_extends(text: str, where: str, directory: Path | None, chain: tuple) -> dict:
+    """Parse a config file; a top-level ``extends: FILE`` is loaded first and this file's keys are merged over it
+    (small override files such as configs/ablations/*.yaml)."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"config {where} is not valid YAML: {err}") from err
+    if not isinstance(data, dict) or EXTENDS_KEY not in data:
+        return data
+    parent = data.pop(EXTENDS_KEY)
+    if not isinstance(parent, str) or not parent:
+        raise ValueError(f"config {where}: '{EXTENDS_KEY}' must name a YAML file, got {parent!r}")
+    if parent.startswith(PACKAGED_PREFIX):
+        parent_text, parent_where, parent_dir = packaged_config_text(parent[len(PACKAGED_PREFIX):]), parent, None
+    else:
+        parent_path = Path(parent) if Path(parent).is_absolute() or directory is None else directory / parent
+        if not parent_path.is_file():
+            raise FileNotFoundError(f"config {where}: '{EXTENDS_KEY}: {parent}' not found (looked for {parent_path})")
+        parent_text, parent_where, parent_dir = parent_path.read_text(), str(parent_path), parent_path.resolve().parent
+    if parent_where in chain or parent_where == where:
+        raise ValueError(f"config {where}: '{EXTENDS_KEY}' cycle through {parent_where}")
+    base = _read_yaml_with_extends(parent_text, parent_where, parent_dir, chain + (where,))
+    if not isinstance(base, dict):
+        raise ValueError(f"config {parent_where} (extended by {where}) must be a mapping")
+    return _deep_merge(base, data)
+
+
+def packaged_config_text(name: str) -> str:
+    ref = resources.files("cxrl").joinpath("configs", *name.split("/"))
+    if not ref.is_file():
+        raise FileNotFoundError(f"packaged config cxrl/configs/{name} is missing; reinstall cxrl (`pip install -e .`)")
+    return ref.read_text()
+
+
+def to_yaml(cfg: Config) -> str:
+    """YAML with the field docs as comments (what a run writes as its resolved config)."""
+    return schema.to_yaml(cfg, "# cxrl configuration (resolved); every field is documented in cxrl/config/sections.py")

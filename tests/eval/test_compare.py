@@ -1,0 +1,46 @@
+"""The paired tuned − base comparison: exact reference values for identical and shifted score sets, and the
+AUROC over a fixed label subset in every resample."""
+import math
+
+import pytest
+import torch
+
+from cxrl.eval.auroc import macro_auroc
+from cxrl.eval.compare import improved, paired_bootstrap
+from cxrl.eval.scoring import SampleScores
+
+
+def test_paired_bootstrap_reference_values():
+    g = torch.Generator().manual_seed(0)
+    prompts, per_prompt = 12, 3
+    labels = torch.full((prompts, 14), math.nan, dtype=torch.float64)
+    labels[:, 0] = torch.tensor([1.0, 0.0] * 6)
+    labels[:, 2] = torch.tensor([0.0, 0.0, 1.0] * 4)
+    base = SampleScores(-torch.rand(prompts, per_prompt, generator=g, dtype=torch.float64),
+                        torch.rand(prompts, per_prompt, generator=g, dtype=torch.float64),
+                        torch.rand(prompts, per_prompt, 14, generator=g))
+    same = paired_bootstrap(base, base, labels, resamples=50, seed=1)
+    for key in ("posture", "consistency", "auroc"):
+        assert same[key]["diff"] == 0 and same[key]["ci_low"] == 0 and same[key]["ci_high"] == 0
+    assert not improved(same, "posture")
+
+    # tuned = base shifted by a constant: posture/consistency differences are exactly the shift in every
+    # resample; perfectly separating probabilities give AUROC 1 against the macro AUROC of the base
+    separating = labels.nan_to_num(0.5).unsqueeze(1).expand(-1, per_prompt, -1).clone().float()
+    tuned = SampleScores(base.posture + 0.1, base.consistency - 0.05, separating)
+    out = paired_bootstrap(base, tuned, labels, resamples=50, seed=1)
+    assert out["posture"]["diff"] == pytest.approx(0.1) and out["posture"]["std"] == pytest.approx(0.0, abs=1e-12)
+    assert out["consistency"]["ci_high"] == pytest.approx(-0.05)
+    assert improved(out, "posture") and not improved(out, "consistency") and improved(out, "auroc")
+    expected_base = macro_auroc(base.probs.flatten(0, 1), labels.repeat_interleave(per_prompt, 0)).macro
+    assert out["auroc"]["base"] == pytest.approx(expected_base) and out["auroc"]["tuned"] == pytest.approx(1.0)
+    assert out["auroc"]["ci_low"] <= out["auroc"]["diff"] <= out["auroc"]["ci_high"]
+
+    # the AUROC over chosen label columns averages exactly those labels in the full set and every resample;
+    # the all-label AUROC is reported beside it
+    only_first = paired_bootstrap(base, tuned, labels, resamples=50, seed=1, columns=[0])
+    labels_first = labels.repeat_interleave(per_prompt, 0)
+    expected_first = macro_auroc(base.probs.flatten(0, 1), labels_first, columns=[0]).macro
+    assert only_first["auroc"]["base"] == pytest.approx(expected_first) != pytest.approx(expected_base)
+    assert only_first["auroc_all_labels"]["base"] == pytest.approx(expected_base)
+    assert only_first["auroc"]["tuned"] == pytest.approx(1.0)

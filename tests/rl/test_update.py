@@ -1,0 +1,62 @@
+"""PPOUpdater's grouping of minibatches into optimizer steps: the trained timesteps per sample come from the
+store's own (float-safe) count, so gradient accumulation groups exactly the planned minibatches."""
+import math
+
+import pytest
+import torch
+
+from cxrl.config import Config, apply_overrides
+from cxrl.rl.update import PPOUpdater
+from cxrl.trajectory import TrajectoryStore, num_trained_steps
+
+
+def _store(num_samples: int, num_steps: int) -> TrajectoryStore:
+    store = TrajectoryStore(num_samples, num_steps, (1, 2, 2), backend="reference")
+    g = torch.Generator().manual_seed(0)
+    store.write_initial(0, torch.randn(num_samples, 1, 2, 2, generator=g))
+    for j in range(num_steps):
+        store.write_step(j, 0, torch.randn(num_samples, 1, 2, 2, generator=g), torch.zeros(num_samples), 999 - j)
+    store.write_advantages(0, torch.linspace(-1, 1, num_samples))
+    return store
+
+
+@pytest.mark.parametrize("num_steps, fraction, samples, batch, accumulation", [
+    (50, 0.28, 8, 2, 2),    # ceil(50 * 0.28) is 15 in floating point; the plan trains 14 steps per sample
+    (50, 0.3, 7, 2, 3),     # 0.3 * 50 = 15.000000000000002
+    (10, 0.5, 6, 4, 1),
+    (3, 1.0, 5, 2, 2),
+])
+def test_optimizer_steps_group_exactly_the_planned_minibatches(num_steps, fraction, samples, batch, accumulation):
+    cfg = apply_overrides(Config(), [f"train.batch_size={batch}", f"train.timestep_fraction={fraction}",
+                                     f"train.gradient_accumulation={accumulation}", "train.inner_epochs=2",
+                                     "train.clip_range=0.2"]).train
+    weight = torch.nn.Parameter(torch.zeros(()))
+    updater = PPOUpdater([weight], torch.optim.SGD([weight], lr=0.1), cfg)
+    seen_per_step: list[int] = []
+    calls = []
+
+    def log_prob_fn(mb):
+        calls.append(len(mb.sample_idx))
+        return weight * mb.advantages.float() + mb.log_probs, None   # a differentiable stand-in for the UNet
+
+    original_step = updater._optimizer_step
+
+    def counting_step(result, sample_idx, describe):
+        seen_per_step.append(int(sample_idx.numel()))
+        return original_step(result, sample_idx, describe)
+
+    updater._optimizer_step = counting_step
+    result = updater.run(_store(samples, num_steps), log_prob_fn, plan_seed=3, describe=lambda idx: [])
+    trained = num_trained_steps(num_steps, fraction)
+    sample_batches = math.ceil(samples / batch)
+    assert trained <= math.ceil(num_steps * fraction)
+    assert result.minibatches == 2 * sample_batches * trained == len(calls)
+    assert result.optimizer_steps == 2 * math.ceil(sample_batches / accumulation)
+    # every optimizer step holds `accumulation` sample batches x `trained` timesteps (the last group may be short)
+    expected = []
+    for _ in range(2):
+        sizes = [min(batch, samples - b * batch) for b in range(sample_batches)]
+        for g in range(0, sample_batches, accumulation):
+            expected.append(trained * sum(sizes[g:g + accumulation]))
+    assert seen_per_step == expected
+    assert weight.grad is None   # nothing left over to leak into the next epoch
