@@ -34,7 +34,7 @@ MENTIONS: dict[str, re.Pattern] = {
         _HEART + r"\s+" + _DEGREE + r"(?:enlarged|enlargement|large|prominent|increased)",
         r"(?:cardiac|heart)\s+enlargement",
         r"enlargement of the (?:cardiac silhouette|heart)",
-        r"heart size (?:is |remains )?(?:at )?(?:the )?upper (?:limits?|range) of normal",
+        r"(?:heart|cardiac silhouette)(?: size)? (?:is |remains )?(?:at |towards? )?(?:the )?upper (?:limits?|range)(?: of)? normal",
     ),
     "Lung Opacity": _words(
         r"opacit(?:y|ies)", r"opacification", r"densit(?:y|ies)", r"infiltrat(?:e|es|ion|ive)",
@@ -111,12 +111,6 @@ NEGATION_PRE = _rx(
     r"rules out", r"not (?:see|seen|identified|demonstrate|appreciate)", r"\bnot (?:a|an|any)\b",
     r"interval clearing of",
 )
-NEGATION_POST = _rx(
-    r"^\s*(?:\w+\s+){0,6}?(?:is|are|was|were|has|have|been)?\s*(?:not|no longer)\s+(?:seen|identified|visualized|visible|present|evident|demonstrated|appreciated|noted|detected|apparent)",
-    r"^\s*(?:\w+\s+){0,6}?(?:has|have)\s+(?:resolved|cleared|been removed|since resolved)",
-    r"^\s*(?:\w+\s+){0,4}?(?:resolved|removed)\b",
-    r"^\s*(?:\w+\s+){0,4}?(?:is|are)\s+(?:absent|negative)", r"^\s*(?:\w+\s+){0,4}?(?:is\s+|are\s+)?unlikely",
-)
 UNCERTAIN_PRE = _rx(
     r"\bmay\b", r"\bmight\b", r"\bcould\b", r"\bpossibl[ey]\b", r"\bprobabl[ey]\b", r"\blikely\b",
     r"\bsuspect(?:ed)?\b", r"suspicious (?:for|of)", r"concern(?:ing)? for", r"question of", r"questionabl[ey]",
@@ -132,15 +126,68 @@ UNCERTAIN_POST = _rx(
     r"^\s*(?:[\w-]+\s+){0,4}?(?:may|might|could)\s+(?:be|also be|have)",
     r"^\s*(?:[\w-]+\s+){0,3}?versus\b", r"^\s*(?:[\w-]+\s+){0,3}?vs\b", r"^\s*\?",
 )
+# Post-negation: the mention's own predicate, AFTER it, denies it ("effusion has resolved", "heart size and
+# pulmonary vascular engorgement appear within limits of normal"). Only the first verb group after the
+# mention is its predicate (PREDICATE_START); the engine checks that the words in between are at most a
+# coordinated subject ("A and B", "A, B and C"), so "cardiomegaly is stable and edema has resolved" keeps
+# the cardiomegaly.
+_VERB = r"(?:is|are|was|were|appears?|appeared|remains?|remained|seems?|looks?)"
+_ADVERBS = r"(?:(?:\w+ly|now|again|still|otherwise|overall|felt to be|thought to be|considered|to be)\s+)*"
+_ABSENT = (r"(?:no longer|not)\s+(?:seen|identified|visualized|visible|present|evident|demonstrated|appreciated|"
+           r"noted|detected|apparent|enlarged|widened|increased|prominent)"
+           r"(?! (?:on|in) (?:the )?(?:previous|prior|old|earlier))")  # "not seen on the prior exam" is new
+_NORMAL_LIMITS = r"within (?:the )?(?:normal limits|limits of normal|limits\b(?! of))"  # not "within the limits of the study"
+PREDICATE_START = _words(
+    _VERB + r"\b", r"(?:has|have|had|may|might|could|can|cannot|will|would|should|does|do|did)\b",
+    r"(?:persist(?:s|ed)?|shows?|demonstrates?|represents?|suggests?|measures?|extends?|projects?|overlies|"
+    r"obscures?|increased|decreased|improved|worsened|developed|progressed|unchanged|stable|present|noted|"
+    r"enlarged|widened|prominent|large|blunted|upper (?:limits?|range|normal)|top[- ]normal|borderline|mildly|moderately|markedly|severely)\b",
+    r"(?:resolved|cleared|removed|" + _NORMAL_LIMITS + r"|no longer|not|absent|normal)\b",
+)
+# matched where PREDICATE_START found the predicate
+NEGATING_PREDICATE = re.compile(
+    rf"(?:{_VERB}\s+{_ADVERBS}(?:{_NORMAL_LIMITS}|normal\b|unremarkable|absent|"
+    rf"negative|unlikely|resolved|cleared|{_ABSENT}|no longer\b))"
+    rf"|(?:(?:has|have|had)\s+{_ADVERBS}(?:resolved|cleared|normalized|disappeared|been (?:removed|resolved)))"
+)
+# verbless forms ("heart size within normal limits", "effusion resolved", "pneumothorax no longer seen"):
+# only after a short subject without commas, where no other clause can own the predicate
+NEGATING_PREDICATE_BARE = re.compile(
+    rf"{_NORMAL_LIMITS}|resolved|cleared|removed|absent|{_ABSENT}"
+    r"|normal(?=(?: in (?:size|caliber|contour|appearance))?\s*[.!?]?\s*$)"
+)
+# A mention that already holds its predicate ("heart is enlarged", "heart enlarged") owns no later one:
+# in "heart enlarged and lungs are normal" the "are normal" is about the lungs.
+PREDICATIVE_MENTION = re.compile(r"\b(?:is|are|was|were|appears?|remains?|has|have)\b|"
+                                 r"(?:enlarged|widened|wide|prominent|large|increased|blunted)$")
+
+# Neutral subjects: nouns that name the structure of a finding without asserting it. They give the label
+# a 0 when their predicate is negating ("heart size ... appear within limits of normal"), nothing otherwise.
+SUBJECTS: dict[str, re.Pattern] = {
+    "Cardiomegaly": _words(
+        r"heart(?:\s+(?:size|shadow|silhouette|contours?))?(?!\s+(?:failure|valve|disease))",
+        r"cardiac (?:silhouette|shadow|size|contours?)", r"cardiomediastinal (?:silhouettes?|contours?|size)",
+        r"cardiac and mediastinal (?:silhouettes?|contours?)",
+    ),
+    "Enlarged Cardiomediastinum": _words(
+        r"(?:cardio)?mediastin(?:um|al (?:silhouettes?|contours?|size|width|structures))",
+    ),
+    "Edema": _words(
+        r"(?:pulmonary|lung|central) (?:vascularity|vasculature|vessels|vascular markings)",
+        r"vascularity", r"vasculature",
+    ),
+}
+
 # Wording inside a mention that makes it uncertain by itself ("heart size upper limits of normal").
-HEDGED_MENTION = re.compile(r"\b(?:borderline|top[- ]normal|upper (?:limits?|range) of normal)\b")
+HEDGED_MENTION = re.compile(r"\b(?:borderline|top[- ]normal|upper (?:limits?|range)(?: of)? normal)\b")
 
 # Words that end a cue's scope (a new clause that can assert something else).
 SCOPE_END_PRE = _rx(r"\bbut\b", r"\bhowever\b", r"\balthough\b", r"\bthough\b", r"\bexcept\b", r"aside from",
                     r"apart from", r"\bwhereas\b", r"\bwhile\b", r"\bthere (?:is|are|has been)\b", r"\bwith (?:a|an)\b",
                     r"\bnow\b", r"\bwhich\b", r"\bhas (?:developed|increased)\b")
-SCOPE_END_POST = _rx(r"\bbut\b", r"\bhowever\b", r"\balthough\b", r"\bthough\b", r"\bexcept\b", r",",
-                     r"\bwhich\b", r"\bthere\b", r"\bwith\b")
+# After the mention; a comma ends an uncertainty cue's scope too, but not a post-negation's subject list.
+SCOPE_END_POST = _rx(r"\bbut\b", r"\bhowever\b", r"\balthough\b", r"\bthough\b", r"\bexcept\b", r"\bwhereas\b",
+                     r"\bwhile\b", r"\bwhich\b", r"\bthat\b", r"\bthere\b", r"\bwith\b", r"\bwithout\b")
 
 # A mention directly preceded by these words is another finding, not this label
 # ("calcified density" is a granuloma, "nodular opacity" a lesion, "bone density" not the lung).

@@ -52,6 +52,58 @@ def test_cue_scope_is_one_phrase():
     assert r["Support Devices"] is None and r["Pleural Effusion"] is None
 
 
+# Post-negation: a negating predicate AFTER the finding, in its own clause. Whole label sets (non-None
+# values) are asserted so that a wrongly negated or wrongly kept neighbour fails too.
+@pytest.mark.parametrize("text,expected", [
+    # the family of post-negations
+    ("Pulmonary vascular engorgement appears within limits of normal.", {"Edema": 0, "No Finding": 1}),
+    ("Pulmonary vascular congestion appears within the limits of normal.", {"Edema": 0, "No Finding": 1}),
+    ("Pulmonary vascular congestion is within normal limits.", {"Edema": 0, "No Finding": 1}),
+    ("Pulmonary vascularity is normal.", {"Edema": 0, "No Finding": 1}),
+    ("The mediastinum is unremarkable.", {"Enlarged Cardiomediastinum": 0, "No Finding": 1}),
+    ("The left pleural effusions have resolved.", {"Pleural Effusion": 0, "No Finding": 1}),
+    ("The right pneumothorax is no longer present.", {"Pneumothorax": 0, "No Finding": 1}),
+    ("Pulmonary edema is no longer visible.", {"Edema": 0, "No Finding": 1}),
+    ("Right lower lobe consolidation has cleared.", {"Consolidation": 0, "No Finding": 1}),
+    ("The previously described nodule is not identified.", {"Lung Lesion": 0, "No Finding": 1}),
+    ("Pleural effusion is absent.", {"Pleural Effusion": 0, "No Finding": 1}),
+    # verbless forms right after a short subject
+    ("Heart size within normal limits.", {"Cardiomegaly": 0, "No Finding": 1}),
+    ("Heart size normal.", {"Cardiomegaly": 0, "No Finding": 1}),
+    ("Left effusion resolved.", {"Pleural Effusion": 0, "No Finding": 1}),
+    ("Pneumothorax no longer seen.", {"Pneumothorax": 0, "No Finding": 1}),
+    # a coordinated subject shares the predicate
+    ("Heart size and pulmonary vascular engorgement appear within limits of normal.",
+     {"Cardiomegaly": 0, "Edema": 0, "No Finding": 1}),
+    ("The heart, mediastinum and pulmonary vasculature are within normal limits.",
+     {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0, "Edema": 0, "No Finding": 1}),
+    ("Consolidation, atelectasis, and effusion have cleared in the interval.",
+     {"Consolidation": 0, "Atelectasis": 0, "Pleural Effusion": 0, "No Finding": 1}),
+    # scope stoppers: but, however, although, with, a comma that is no list, ";" (a sentence end)
+    ("Heart size is normal but there is vascular congestion.", {"Cardiomegaly": 0, "Edema": 1}),
+    ("Heart is normal in size but there is vascular congestion.", {"Cardiomegaly": 0, "Edema": 1}),
+    ("Mild pulmonary edema but the heart size is normal.", {"Cardiomegaly": 0, "Edema": 1}),
+    ("Pulmonary edema however heart size is normal.", {"Cardiomegaly": 0, "Edema": 1}),
+    ("Cardiomegaly although pulmonary vascularity is normal.", {"Cardiomegaly": 1, "Edema": 0}),
+    ("Cardiomegaly with pulmonary vascularity within normal limits.", {"Cardiomegaly": 1, "Edema": 0}),
+    ("Mild cardiomegaly, the lungs are normal.", {"Cardiomegaly": 1}),
+    ("Small left pleural effusion; the pneumothorax has resolved.", {"Pleural Effusion": 1, "Pneumothorax": 0}),
+    # a later clause with its own verb keeps the first finding
+    ("Cardiomegaly is stable and pulmonary edema has resolved.", {"Cardiomegaly": 1, "Edema": 0}),
+    ("Heart enlarged and lungs are normal.", {"Cardiomegaly": 1}),
+    # different sentences stay apart
+    ("Heart size is normal. There is mild pulmonary edema.", {"Cardiomegaly": 0, "Edema": 1}),
+    ("Pulmonary edema. Heart size is within normal limits.", {"Cardiomegaly": 0, "Edema": 1}),
+    ("The pneumothorax has resolved. Small left pleural effusion.", {"Pneumothorax": 0, "Pleural Effusion": 1}),
+    # not negations: new since the prior study, hedged heart size, the study's own limits
+    ("Nodule not seen on the prior exam.", {"Lung Lesion": 1}),
+    ("Heart size upper limits normal.", {"Cardiomegaly": -1}),
+    ("Pneumothorax within the limits of the study.", {"Pneumothorax": 1}),
+])
+def test_post_negation(text, expected):
+    assert pos(text) == expected
+
+
 def test_no_finding_rule():
     assert label_report("Heart size normal. Lungs are clear. No acute disease.")["No Finding"] == 1
     assert label_report("Left PICC line in the SVC. No acute process.")["No Finding"] == 1  # devices don't count
