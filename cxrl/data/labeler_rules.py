@@ -20,6 +20,7 @@ def _words(*alternatives: str) -> re.Pattern:
 
 _HEART = r"(?:heart|cardiac (?:silhouette|shadow|contours?|size)|heart (?:size|shadow|silhouette))"
 _DEGREE = r"(?:(?:is|are|appears?|remains?|appear|has|which is|also)\s+)*(?:not\s+)?(?:\w+ly\s+|borderline\s+|slightly\s+|top[- ]normal\s+)?"
+_VESSELS = r"(?:vasculature|vascularity|vessels|vascular markings)"
 _LOBE = r"(?:(?:left|right|middle|upper|lower|bibasilar|basilar|lingular)\s+){0,3}(?:lobe|lobes|lung|lungs|lingula)"
 
 MENTIONS: dict[str, re.Pattern] = {
@@ -44,13 +45,21 @@ MENTIONS: dict[str, re.Pattern] = {
         r"reticul(?:ar|ation|onodular)", r"ground[- ]glass",
     ),
     "Lung Lesion": _words(
-        r"nodul(?:e|es|ar)", r"(?<!soft tissue )mass(?:es)?\b", r"tumou?r", r"neoplasm", r"carcinoma",
+        # IU X-ray indexes a "nodular opacity/density/infiltrate" as a round opacity, not a nodule (train
+        # split: 31 of 44); "nodular" alone names a lesion only in these phrases
+        r"nodules?", r"nodular (?:prominence|mass(?:es)?|lesions?)", r"(?:fibro|reticulo|reticular-)nodular",
+        r"(?<!soft tissue )mass(?:es)?\b", r"mass[- ]?like", r"tumou?r", r"neoplasm", r"carcinoma",
         r"malignan(?:cy|t)", r"metasta(?:sis|ses|tic)", r"cavitary lesion", r"lung lesion", r"pulmonary lesion",
     ),
     "Edema": _words(
         r"edema", r"oedema", r"(?:vascular|pulmonary|venous)\s+congestion", r"congestive heart failure",
         r"\bchf\b", r"heart failure", r"fluid overload", r"kerley", r"cephalization",
         r"(?:pulmonary )?vascular (?:engorgement|redistribution)",
+        # IU X-ray indexes a prominent pulmonary vasculature as Pulmonary Congestion (train split: every one)
+        r"vascular (?:prominence|plethora|indistinctness)", r"indistinct (?:pulmonary )?vascular (?:margination|markings)",
+        r"(?:prominen(?:t|ce of)|increased|engorged)\s+(?:the\s+)?(?:central\s+)?(?:pulmonary\s+|lung\s+)?" + _VESSELS,
+        r"(?:pulmonary\s+|lung\s+|central\s+)" + _VESSELS + r"\s+" + _DEGREE + r"(?:prominent|increased|engorged)",
+        r"pulmonary venous hypertension",
     ),
     "Consolidation": _words(r"consolidat(?:ion|ions|ive|ed)"),
     "Pneumonia": _words(r"pneumonia", r"pneumonitis", r"infectio(?:n|us)", r"bronchopneumonia"),
@@ -68,6 +77,7 @@ MENTIONS: dict[str, re.Pattern] = {
     "Pleural Other": _words(
         r"pleural (?:thickening|plaques?|scarring|calcification|reaction)", r"fibrothorax",
         r"apical (?:pleural )?(?:cap|capping|thickening)", r"pleural[- ]parenchymal scarring",
+        r"fissural thickening", r"thickening (?:of|in) the (?:\w+ )?fissures?", r"thickened (?:\w+ )?fissures?",
     ),
     "Fracture": _words(r"fractur(?:e|es|ed)", r"\bfx\b"),
     "Support Devices": _words(
@@ -118,12 +128,14 @@ UNCERTAIN_PRE = _rx(
     r"not (?:be )?(?:excluded|ruled out)", r"suggest(?:s|ive of|ing|ed)?\b", r"\bversus\b", r"\bvs\.?\b",
     r"differential", r"\bborderline\b", r"\bequivocal\b", r"\bindeterminate\b", r"\brule out\b", r"\br/o\b",
     r"\bpotential\b", r"\bpresumed\b", r"difficult to exclude", r"evaluate for", r"\bquestioned\b",
-    r"correlat\w+ (?:clinically )?(?:for|with)", r"\bto exclude\b", r"rule-out", r"would be a consideration",
+    r"correlat\w+ (?:clinically )?(?:for|with)", r"\bexclude\b", r"worrisome for", r"rule-out", r"would be a consideration",
+    r"\bquestion\b",
 )
 UNCERTAIN_POST = _rx(
     r"^\s*(?:[\w-]+\s+){0,8}?(?:can ?not|can't|could not|not)\s+(?:be\s+)?(?:excluded|ruled out|entirely excluded)",
-    r"^\s*(?:[\w-]+\s+){0,6}?(?:is|are)\s+(?:possible|suspected|questioned|likely|not excluded)",
+    r"^\s*(?:[\w-]+\s+){0,6}?(?:is|are)\s+(?:also\s+)?(?:possible|suspected|questioned|likely|not excluded)",
     r"^\s*(?:[\w-]+\s+){0,4}?(?:may|might|could)\s+(?:be|also be|have)",
+    r"^\s*(?:[\w-]+\s+){0,8}?(?:is|would be)\s+(?:a|another)\s+(?:\w+\s+)?consideration", r"^\s*is in the differential",
     r"^\s*(?:[\w-]+\s+){0,3}?versus\b", r"^\s*(?:[\w-]+\s+){0,3}?vs\b", r"^\s*\?",
 )
 # Post-negation: the mention's own predicate, AFTER it, denies it ("effusion has resolved", "heart size and
@@ -133,7 +145,7 @@ UNCERTAIN_POST = _rx(
 # the cardiomegaly.
 _VERB = r"(?:is|are|was|were|appears?|appeared|remains?|remained|seems?|looks?)"
 _ADVERBS = r"(?:(?:\w+ly|now|again|still|otherwise|overall|felt to be|thought to be|considered|to be)\s+)*"
-_ABSENT = (r"(?:no longer|not)\s+(?:seen|identified|visualized|visible|present|evident|demonstrated|appreciated|"
+_ABSENT = (r"(?:no longer|not)\s+(?:(?:definitely|clearly) )?(?:seen|identified|visualized|visible|present|evident|demonstrated|appreciated|"
            r"noted|detected|apparent|enlarged|widened|increased|prominent)"
            r"(?! (?:on|in) (?:the )?(?:previous|prior|old|earlier))")  # "not seen on the prior exam" is new
 _NORMAL_LIMITS = r"within (?:the )?(?:normal limits|limits of normal|limits\b(?! of))"  # not "within the limits of the study"
@@ -190,11 +202,12 @@ SCOPE_END_POST = _rx(r"\bbut\b", r"\bhowever\b", r"\balthough\b", r"\bthough\b",
                      r"\bwhile\b", r"\bwhich\b", r"\bthat\b", r"\bthere\b", r"\bwith\b", r"\bwithout\b")
 
 # A mention directly preceded by these words is another finding, not this label
-# ("calcified density" is a granuloma, "nodular opacity" a lesion, "bone density" not the lung).
+# ("calcified density" is a granuloma, "bone density" not the lung).
 EXCLUDED_AFTER: dict[str, re.Pattern] = {
-    "Lung Opacity": re.compile(r"(?:calcifi\w+|nodular|bone|bony|osseous|soft tissue|sclerotic|granulomatous|"
+    "Lung Opacity": re.compile(r"(?:calcifi\w+|bone|bony|osseous|soft tissue|sclerotic|granulomatous|"
                                r"breast|nipple|metallic|linear calcified)\s+(?:\w+\s+)?$"),
-    "Lung Lesion": re.compile(r"(?:calcified|granulomatous)\s+$"),
+    "Lung Lesion": re.compile(r"granulomatous\s+$"),  # a calcified nodule is indexed as a Nodule
+    "Edema": re.compile(r"(?:soft tissue|subcutaneous|extremity|ankle|leg|facial|scalp)\s+$"),
     "Pneumonia": re.compile(r"(?:granulomatous|prior|previous|old|remote|history of|symptoms of)\s+(?:[\w-]+\s+){0,3}$"),
 }
 

@@ -35,6 +35,23 @@ def pos(text):
     ("Old healed left rib fractures.", "Fracture", 1),
     ("Apical pleural thickening.", "Pleural Other", 1),
     ("Widened mediastinum.", "Enlarged Cardiomediastinum", 1),
+    # a prominent pulmonary vasculature is congestion (IU X-ray indexes it as Pulmonary Congestion)
+    ("Mild central pulmonary vascular prominence.", "Edema", 1),
+    ("Prominence of the central pulmonary vasculature.", "Edema", 1),
+    ("The pulmonary vascularity is mildly prominent.", "Edema", 1),
+    ("Increased lung vascularity.", "Edema", 1),
+    ("The central pulmonary vasculature is not engorged.", "Edema", 0),
+    ("Soft tissue edema of the left ankle.", "Edema", None),
+    # hedges
+    ("Aspiration or edema are also possible.", "Edema", -1),
+    ("Question mild pulmonary vascular congestion.", "Edema", -1),
+    ("A pneumonia would be a consideration.", "Pneumonia", -1),
+    ("Focal opacity worrisome for pneumonia.", "Pneumonia", -1),
+    # lesions: calcified nodules, fibronodular scarring, masslike opacities; thickened fissures are pleural
+    ("Calcified nodule in the left lower lobe.", "Lung Lesion", 1),
+    ("Biapical fibronodular scarring.", "Lung Lesion", 1),
+    ("Masslike opacification of the right apex.", "Lung Lesion", 1),
+    ("Mild thickening of the minor fissure.", "Pleural Other", 1),
 ])
 def test_cases(text, label, expected):
     assert label_report(text)[label] == expected, label_report(text)
@@ -50,6 +67,8 @@ def test_cue_scope_is_one_phrase():
     # "consistent" does not contain a stent; pericardial effusion is not pleural
     r = label_report("Findings consistent with emphysema. Small pericardial effusion.")
     assert r["Support Devices"] is None and r["Pleural Effusion"] is None
+    # a nodular opacity is a (round) opacity, not a lesion
+    assert pos("A 6 mm nodular opacity in the right upper lobe.") == {"Lung Opacity": 1}
 
 
 # Post-negation: a negating predicate AFTER the finding, in its own clause. Whole label sets (non-None
@@ -126,10 +145,12 @@ def test_bad_input():
 
 
 def test_iu_xray_mesh_agreement_regression():
-    """Measured macro F1 0.849 (all reports, certain positives); guard against regressions."""
+    """Measured macro F1 0.891 (all reports, certain positives); guard against regressions."""
     scores, n = evaluate()
     assert n > 3800
-    assert macro_f1(scores) >= 0.82
+    assert macro_f1(scores) >= 0.88
     by = {s.label: s for s in scores}
     for label in ("Cardiomegaly", "Atelectasis", "Pleural Effusion", "Support Devices"):
         assert by[label].support >= MIN_SUPPORT and by[label].f1 >= 0.85, (label, by[label])
+    # the two weakest before the post-negation work (0.705 and 0.694), now 0.938 and 0.860
+    assert by["Edema"].f1 >= 0.92 and by["Lung Lesion"].f1 >= 0.84, (by["Edema"], by["Lung Lesion"])
