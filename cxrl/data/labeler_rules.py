@@ -35,7 +35,8 @@ MENTIONS: dict[str, re.Pattern] = {
         _HEART + r"\s+" + _DEGREE + r"(?:enlarged|enlargement|large|prominent|increased)",
         r"(?:cardiac|heart)\s+enlargement",
         r"enlargement of the (?:cardiac silhouette|heart)",
-        r"(?:heart|cardiac silhouette)(?: size)? (?:is |remains )?(?:at |towards? )?(?:the )?upper (?:limits?|range)(?: of)? normal",
+        r"(?:heart|cardiac silhouette)(?: size)? (?:is |remains )?(?:at |towards? )?(?:the )?"
+        r"upper (?:limits?|range)(?: of)? normal",
     ),
     "Lung Opacity": _words(
         r"opacit(?:y|ies)", r"opacification", r"densit(?:y|ies)", r"infiltrat(?:e|es|ion|ive)",
@@ -56,7 +57,8 @@ MENTIONS: dict[str, re.Pattern] = {
         r"\bchf\b", r"heart failure", r"fluid overload", r"kerley", r"cephalization",
         r"(?:pulmonary )?vascular (?:engorgement|redistribution)",
         # IU X-ray indexes a prominent pulmonary vasculature as Pulmonary Congestion (train split: every one)
-        r"vascular (?:prominence|plethora|indistinctness)", r"indistinct (?:pulmonary )?vascular (?:margination|markings)",
+        r"vascular (?:prominence|plethora|indistinctness)",
+        r"indistinct (?:pulmonary )?vascular (?:margination|markings)",
         r"(?:prominen(?:t|ce of)|increased|engorged)\s+(?:the\s+)?(?:central\s+)?(?:pulmonary\s+|lung\s+)?" + _VESSELS,
         r"(?:pulmonary\s+|lung\s+|central\s+)" + _VESSELS + r"\s+" + _DEGREE + r"(?:prominent|increased|engorged)",
         r"pulmonary venous hypertension",
@@ -128,7 +130,8 @@ UNCERTAIN_PRE = _rx(
     r"not (?:be )?(?:excluded|ruled out)", r"suggest(?:s|ive of|ing|ed)?\b", r"\bversus\b", r"\bvs\.?\b",
     r"differential", r"\bborderline\b", r"\bequivocal\b", r"\bindeterminate\b", r"\brule out\b", r"\br/o\b",
     r"\bpotential\b", r"\bpresumed\b", r"difficult to exclude", r"evaluate for", r"\bquestioned\b",
-    r"correlat\w+ (?:clinically )?(?:for|with)", r"\bexclude\b", r"worrisome for", r"rule-out", r"would be a consideration",
+    r"correlat\w+ (?:clinically )?(?:for|with)", r"\bexclude\b", r"worrisome for", r"rule-out",
+    r"would be a consideration",
     r"\bquestion\b",
 )
 UNCERTAIN_POST = _rx(
@@ -145,15 +148,18 @@ UNCERTAIN_POST = _rx(
 # the cardiomegaly.
 _VERB = r"(?:is|are|was|were|appears?|appeared|remains?|remained|seems?|looks?)"
 _ADVERBS = r"(?:(?:\w+ly|now|again|still|otherwise|overall|felt to be|thought to be|considered|to be)\s+)*"
-_ABSENT = (r"(?:no longer|not)\s+(?:(?:definitely|clearly) )?(?:seen|identified|visualized|visible|present|evident|demonstrated|appreciated|"
+_ABSENT = (r"(?:no longer|not)\s+(?:(?:definitely|clearly) )?"
+           r"(?:seen|identified|visualized|visible|present|evident|demonstrated|appreciated|"
            r"noted|detected|apparent|enlarged|widened|increased|prominent)"
            r"(?! (?:on|in) (?:the )?(?:previous|prior|old|earlier))")  # "not seen on the prior exam" is new
-_NORMAL_LIMITS = r"within (?:the )?(?:normal limits|limits of normal|limits\b(?! of))"  # not "within the limits of the study"
+# not "within the limits of the study"
+_NORMAL_LIMITS = r"within (?:the )?(?:normal limits|limits of normal|limits\b(?! of))"
 PREDICATE_START = _words(
     _VERB + r"\b", r"(?:has|have|had|may|might|could|can|cannot|will|would|should|does|do|did)\b",
     r"(?:persist(?:s|ed)?|shows?|demonstrates?|represents?|suggests?|measures?|extends?|projects?|overlies|"
     r"obscures?|increased|decreased|improved|worsened|developed|progressed|unchanged|stable|present|noted|"
-    r"enlarged|widened|prominent|large|blunted|upper (?:limits?|range|normal)|top[- ]normal|borderline|mildly|moderately|markedly|severely)\b",
+    r"enlarged|widened|prominent|large|blunted|upper (?:limits?|range|normal)|top[- ]normal|borderline|"
+    r"mildly|moderately|markedly|severely)\b",
     r"(?:resolved|cleared|removed|" + _NORMAL_LIMITS + r"|no longer|not|absent|normal)\b",
 )
 # matched where PREDICATE_START found the predicate
