@@ -3,9 +3,13 @@
 ``label_report(text) -> {label: 1 | 0 | -1 | None}``. The report is cut into sections and the labeler
 reads findings + impression (the whole text when it has no headers). Each sentence is searched for
 mentions (``labeler_rules.MENTIONS``); a mention's polarity comes from the nearest negation or
-uncertainty cue in its own clause, before it ("no effusion", "possible pneumonia") or right after it
-("effusion has resolved", "pneumonia cannot be excluded"). A label is positive if any mention is,
-else uncertain if any is, else negative if any mention (or "normal" phrase) says so, else None.
+uncertainty cue in its own clause before it ("no effusion", "possible pneumonia"), or from what follows
+it: a hedge ("pneumonia cannot be excluded") or a negating predicate ("effusion has resolved", "heart
+size and pulmonary vascular engorgement appear within limits of normal" — the first verb group after
+the mention, reached through at most a coordinated subject, so "cardiomegaly is stable and edema has
+resolved" keeps the cardiomegaly). Neutral subjects ("heart size", "pulmonary vascularity") give a 0
+the same way. A label is positive if any mention is, else uncertain if any is, else negative if any
+mention (or "normal" phrase) says so, else None.
 "No Finding" follows the CheXpert rule: 1 when no pathology (anything but Support Devices) is
 positive or uncertain, otherwise None (CheXpert files never hold a 0 there).
 """
@@ -37,6 +41,35 @@ def _last_match_end(pattern: re.Pattern, text: str) -> int:
     return end
 
 
+def _coordinated_subject(words: str) -> bool:
+    """True when ``words`` (between a mention and its predicate) can only extend the subject: a short
+    noun list ("and pulmonary vascular engorgement", ", mediastinal contour and vascularity")."""
+    if len(words.split()) > 12:
+        return False
+    if "," in words:  # "A, B and C are normal" is a list; "cardiomegaly, lungs are clear" is two clauses
+        return re.search(r"\b(?:and|or|nor)\b", words.rsplit(",", 1)[1]) is not None
+    return True
+
+
+def _post_negated(sentence: str, start: int, end: int) -> bool:
+    """Whether the predicate that follows the mention denies it ("... appear within limits of normal",
+    "... has resolved", "... is no longer seen"), within its clause."""
+    if rules.PREDICATIVE_MENTION.search(sentence[start:end]):
+        return False
+    post = sentence[end:]
+    stop = rules.SCOPE_END_POST.search(post)
+    post = post[: stop.start()] if stop else post
+    predicate = rules.PREDICATE_START.search(post)
+    if predicate is None:
+        return False
+    between, at = post[: predicate.start()], predicate.start()
+    if rules.NEGATING_PREDICATE.match(post, at):
+        return _coordinated_subject(between)
+    if rules.NEGATING_PREDICATE_BARE.match(post, at):  # verbless: a short subject without commas
+        return len(between.split()) <= 6 and "," not in between
+    return False
+
+
 def _mention_value(sentence: str, start: int, end: int) -> int:
     """1 / 0 / -1 for one mention, from the cues scoped to its clause."""
     matched = sentence[start:end]
@@ -52,9 +85,10 @@ def _mention_value(sentence: str, start: int, end: int) -> int:
     post = sentence[end:]
     stop = rules.SCOPE_END_POST.search(post)
     post = post[: stop.start()] if stop else post
+    post = post.split(",", 1)[0]  # an uncertainty cue after a comma is about something else
     if rules.UNCERTAIN_POST.search(post) or sentence.rstrip().endswith("?"):
         return -1
-    if rules.NEGATION_POST.search(post):
+    if _post_negated(sentence, start, end):
         return 0
     if unc_end > neg_end:
         return -1
@@ -73,6 +107,9 @@ def label_text(text: str) -> dict[str, int | None]:
                 if excluded is not None and excluded.search(sentence[max(0, m.start() - 40): m.start()]):
                     continue
                 found[label].append(_mention_value(sentence, m.start(), m.end()))
+        for label, pattern in rules.SUBJECTS.items():
+            if any(_post_negated(sentence, m.start(), m.end()) for m in pattern.finditer(sentence)):
+                found[label].append(0)
         for label, pattern in rules.NORMALS.items():
             if pattern.search(sentence):
                 found[label].append(0)

@@ -35,6 +35,23 @@ def pos(text):
     ("Old healed left rib fractures.", "Fracture", 1),
     ("Apical pleural thickening.", "Pleural Other", 1),
     ("Widened mediastinum.", "Enlarged Cardiomediastinum", 1),
+    # a prominent pulmonary vasculature is congestion (IU X-ray indexes it as Pulmonary Congestion)
+    ("Mild central pulmonary vascular prominence.", "Edema", 1),
+    ("Prominence of the central pulmonary vasculature.", "Edema", 1),
+    ("The pulmonary vascularity is mildly prominent.", "Edema", 1),
+    ("Increased lung vascularity.", "Edema", 1),
+    ("The central pulmonary vasculature is not engorged.", "Edema", 0),
+    ("Soft tissue edema of the left ankle.", "Edema", None),
+    # hedges
+    ("Aspiration or edema are also possible.", "Edema", -1),
+    ("Question mild pulmonary vascular congestion.", "Edema", -1),
+    ("A pneumonia would be a consideration.", "Pneumonia", -1),
+    ("Focal opacity worrisome for pneumonia.", "Pneumonia", -1),
+    # lesions: calcified nodules, fibronodular scarring, masslike opacities; thickened fissures are pleural
+    ("Calcified nodule in the left lower lobe.", "Lung Lesion", 1),
+    ("Biapical fibronodular scarring.", "Lung Lesion", 1),
+    ("Masslike opacification of the right apex.", "Lung Lesion", 1),
+    ("Mild thickening of the minor fissure.", "Pleural Other", 1),
 ])
 def test_cases(text, label, expected):
     assert label_report(text)[label] == expected, label_report(text)
@@ -50,6 +67,60 @@ def test_cue_scope_is_one_phrase():
     # "consistent" does not contain a stent; pericardial effusion is not pleural
     r = label_report("Findings consistent with emphysema. Small pericardial effusion.")
     assert r["Support Devices"] is None and r["Pleural Effusion"] is None
+    # a nodular opacity is a (round) opacity, not a lesion
+    assert pos("A 6 mm nodular opacity in the right upper lobe.") == {"Lung Opacity": 1}
+
+
+# Post-negation: a negating predicate AFTER the finding, in its own clause. Whole label sets (non-None
+# values) are asserted so that a wrongly negated or wrongly kept neighbour fails too.
+@pytest.mark.parametrize("text,expected", [
+    # the family of post-negations
+    ("Pulmonary vascular engorgement appears within limits of normal.", {"Edema": 0, "No Finding": 1}),
+    ("Pulmonary vascular congestion appears within the limits of normal.", {"Edema": 0, "No Finding": 1}),
+    ("Pulmonary vascular congestion is within normal limits.", {"Edema": 0, "No Finding": 1}),
+    ("Pulmonary vascularity is normal.", {"Edema": 0, "No Finding": 1}),
+    ("The mediastinum is unremarkable.", {"Enlarged Cardiomediastinum": 0, "No Finding": 1}),
+    ("The left pleural effusions have resolved.", {"Pleural Effusion": 0, "No Finding": 1}),
+    ("The right pneumothorax is no longer present.", {"Pneumothorax": 0, "No Finding": 1}),
+    ("Pulmonary edema is no longer visible.", {"Edema": 0, "No Finding": 1}),
+    ("Right lower lobe consolidation has cleared.", {"Consolidation": 0, "No Finding": 1}),
+    ("The previously described nodule is not identified.", {"Lung Lesion": 0, "No Finding": 1}),
+    ("Pleural effusion is absent.", {"Pleural Effusion": 0, "No Finding": 1}),
+    # verbless forms right after a short subject
+    ("Heart size within normal limits.", {"Cardiomegaly": 0, "No Finding": 1}),
+    ("Heart size normal.", {"Cardiomegaly": 0, "No Finding": 1}),
+    ("Left effusion resolved.", {"Pleural Effusion": 0, "No Finding": 1}),
+    ("Pneumothorax no longer seen.", {"Pneumothorax": 0, "No Finding": 1}),
+    # a coordinated subject shares the predicate
+    ("Heart size and pulmonary vascular engorgement appear within limits of normal.",
+     {"Cardiomegaly": 0, "Edema": 0, "No Finding": 1}),
+    ("The heart, mediastinum and pulmonary vasculature are within normal limits.",
+     {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0, "Edema": 0, "No Finding": 1}),
+    ("Consolidation, atelectasis, and effusion have cleared in the interval.",
+     {"Consolidation": 0, "Atelectasis": 0, "Pleural Effusion": 0, "No Finding": 1}),
+    # scope stoppers: but, however, although, with, a comma that is no list, ";" (a sentence end)
+    ("Heart size is normal but there is vascular congestion.", {"Cardiomegaly": 0, "Edema": 1}),
+    ("Heart is normal in size but there is vascular congestion.", {"Cardiomegaly": 0, "Edema": 1}),
+    ("Mild pulmonary edema but the heart size is normal.", {"Cardiomegaly": 0, "Edema": 1}),
+    ("Pulmonary edema however heart size is normal.", {"Cardiomegaly": 0, "Edema": 1}),
+    ("Cardiomegaly although pulmonary vascularity is normal.", {"Cardiomegaly": 1, "Edema": 0}),
+    ("Cardiomegaly with pulmonary vascularity within normal limits.", {"Cardiomegaly": 1, "Edema": 0}),
+    ("Mild cardiomegaly, the lungs are normal.", {"Cardiomegaly": 1}),
+    ("Small left pleural effusion; the pneumothorax has resolved.", {"Pleural Effusion": 1, "Pneumothorax": 0}),
+    # a later clause with its own verb keeps the first finding
+    ("Cardiomegaly is stable and pulmonary edema has resolved.", {"Cardiomegaly": 1, "Edema": 0}),
+    ("Heart enlarged and lungs are normal.", {"Cardiomegaly": 1}),
+    # different sentences stay apart
+    ("Heart size is normal. There is mild pulmonary edema.", {"Cardiomegaly": 0, "Edema": 1}),
+    ("Pulmonary edema. Heart size is within normal limits.", {"Cardiomegaly": 0, "Edema": 1}),
+    ("The pneumothorax has resolved. Small left pleural effusion.", {"Pneumothorax": 0, "Pleural Effusion": 1}),
+    # not negations: new since the prior study, hedged heart size, the study's own limits
+    ("Nodule not seen on the prior exam.", {"Lung Lesion": 1}),
+    ("Heart size upper limits normal.", {"Cardiomegaly": -1}),
+    ("Pneumothorax within the limits of the study.", {"Pneumothorax": 1}),
+])
+def test_post_negation(text, expected):
+    assert pos(text) == expected
 
 
 def test_no_finding_rule():
@@ -74,10 +145,12 @@ def test_bad_input():
 
 
 def test_iu_xray_mesh_agreement_regression():
-    """Measured macro F1 0.849 (all reports, certain positives); guard against regressions."""
+    """Measured macro F1 0.891 (all reports, certain positives); guard against regressions."""
     scores, n = evaluate()
     assert n > 3800
-    assert macro_f1(scores) >= 0.82
+    assert macro_f1(scores) >= 0.88
     by = {s.label: s for s in scores}
     for label in ("Cardiomegaly", "Atelectasis", "Pleural Effusion", "Support Devices"):
         assert by[label].support >= MIN_SUPPORT and by[label].f1 >= 0.85, (label, by[label])
+    # the two weakest before the post-negation work (0.705 and 0.694), now 0.938 and 0.860
+    assert by["Edema"].f1 >= 0.92 and by["Lung Lesion"].f1 >= 0.84, (by["Edema"], by["Lung Lesion"])
