@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import gzip
 import importlib.util
+import json
 import tarfile
 import threading
 import zlib
@@ -83,16 +84,36 @@ _CACHE: dict[tuple, tuple[list[IUReport], DataIssues]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+FROZEN_LABELS = Path(__file__).resolve().parent.parent / "assets" / "iuxray_labels_v1.json.gz"
+
+
+def frozen_labels() -> dict[int, dict]:
+    """The phantom world's labels of the shipped IU X-ray reports: what labeler v1 read, kept as data.
+
+    The phantom renders, the shipped base generator, reward models and evaluators, and the demo's held-out
+    labels are all built from these labels, so they are part of the world's definition, like the CheXpert
+    CSV of MIMIC-CXR: a better labeler (``cxrl.data.labeler``, measured by ``cxrl data labeler-eval``) labels
+    new reports and user prompts, and changing the world's labels means re-releasing every shipped model."""
+    with gzip.open(FROZEN_LABELS, "rt", encoding="utf-8") as fh:
+        payload = json.load(fh)
+    codes, order = payload["codes"], payload["labels_order"]
+    return {int(rid): {name: codes[c] for name, c in zip(order, text)} for rid, text in payload["labels"].items()}
+
+
 def load_iu_reports(path: Path | str | None = None) -> tuple[list[IUReport], DataIssues]:
-    """Every report in the archive (all splits), labelled; parsed once per process and path."""
+    """Every report in the archive (all splits), labelled; parsed once per process and path. The archive shipped
+    in torchxrayvision (``path`` None) carries the phantom world's frozen labels (:func:`frozen_labels`); any
+    other archive is labelled by the current rule labeler."""
+    shipped = path is None
     path = Path(path) if path is not None else torchxrayvision_data_file("NLMCXR_reports.tgz")
     if not path.is_file():
         raise FileNotFoundError(f"IU X-ray reports archive {path}: not found")
-    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    key = (str(path.resolve()), path.stat().st_mtime_ns, shipped)
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
         issues = DataIssues(source=f"iuxray reports ({path.name})")
+        frozen = frozen_labels() if shipped else {}
         reports: list[IUReport] = []
         with tarfile.open(path, "r:gz") as tar:  # members are read as bytes, never extracted to disk
             for member in tar:
@@ -106,7 +127,7 @@ def load_iu_reports(path: Path | str | None = None) -> tuple[list[IUReport], Dat
                 if report_id < 0:
                     issues.add("missing_ids", member.name, "no <IUXRId>")
                     continue
-                labels = label_sections(sections)
+                labels = frozen[report_id] if report_id in frozen else label_sections(sections)
                 reports.append(IUReport(report_id, sections, major, minor, images, labels))
         reports.sort(key=lambda r: r.id)
         _CACHE[key] = (reports, issues)

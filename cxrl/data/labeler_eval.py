@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from cxrl.data.iuxray import load_iu_reports, split_of
+from cxrl.data.labeler import label_sections
 
 # CheXpert label -> MeSH major-term prefixes (a term "A/B/C" matches prefix "A" or "A/B").
 MESH_TO_LABEL: dict[str, tuple[str, ...]] = {
@@ -86,8 +87,9 @@ def evaluate(split: str | None = None, uncertain_as_positive: bool = False) -> t
             continue
         n += 1
         truth = mesh_truth(report.mesh_major)
+        labels = label_sections(report.sections)   # the current labeler, not the phantom world's frozen labels
         for label, c in counts.items():
-            pred = report.labels[label.split(" (")[0]] in predicted_values
+            pred = labels[label.split(" (")[0]] in predicted_values
             c[0] += truth[label]
             c[1] += pred
             c[2] += truth[label] and pred
@@ -118,7 +120,7 @@ def list_errors(label: str, split: str | None = None, kind: str = "fp", limit: i
     for report in load_iu_reports()[0]:
         if split is not None and split_of(report.id) != split or "No Indexing" in report.mesh_major:
             continue
-        truth, pred = mesh_truth(report.mesh_major)[label], report.labels[label] == 1
+        truth, pred = mesh_truth(report.mesh_major)[label], label_sections(report.sections)[label] == 1
         if (kind == "fp" and pred and not truth) or (kind == "fn" and truth and not pred):
             out.append(f"[{report.id}] mesh={list(report.mesh_major)}\n  F: {report.sections.get('findings', '')}\n"
                        f"  I: {report.sections.get('impression', '')}")
