@@ -4,6 +4,7 @@
   cxrl data preview --source phantom --out phantom_grid.png --n 16
   cxrl data prepare --root /data/mimic-cxr-jpg --split train --resolution 512
   cxrl data labeler-eval [--split test]
+  cxrl data synth-mimic OUT [--resolution 64] [--studies N] [--seed 0] [--generator-out DIR]
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrl.data import labeler_eval
+from cxrl.data import labeler_eval, synth_mimic
 from cxrl.data.labels import CHEXPERT_LABELS
 
 SOURCES = ("phantom", "iuxray", "mimic")
@@ -45,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="decode at most this many images now (re-run to continue)")
     p = sub.add_parser("labeler-eval", help="labeler precision/recall on IU X-ray vs MeSH")
     labeler_eval.add_arguments(p)
+    p = sub.add_parser("synth-mimic", help="write a synthetic MIMIC-CXR-JPG-layout tree (phantoms + IU X-ray reports)")
+    synth_mimic.add_arguments(p)
 
 
 def build_dataset(args, cache_dir=None):
@@ -124,6 +127,8 @@ def write_grid(items: list[dict], out: Path, tile: int = 160) -> None:
 def run(args) -> int:
     if args.action == "labeler-eval":
         return labeler_eval.run(args)
+    if args.action == "synth-mimic":
+        return synth_mimic.run(args)
     dataset = build_dataset(args, cache_dir=getattr(args, "cache_dir", None))
     if args.action == "prepare":
         if args.source != "mimic":
