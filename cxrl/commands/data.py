@@ -4,6 +4,7 @@
   cxrl data preview --source phantom --out phantom_grid.png --n 16
   cxrl data prepare --root /data/mimic-cxr-jpg --split train --resolution 512
   cxrl data labeler-eval [--split test]
+  cxrl data synth-mimic OUT [--resolution 64] [--studies N] [--seed 0] [--generator-out DIR]
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import torch
 from cxrl.compose import open_dataset, prompt_entries
 from cxrl.compose.sources import DATASET_SOURCES
 from cxrl.config import SPLITS
-from cxrl.data import labeler_eval
+from cxrl.data import labeler_eval, synth_mimic
 from cxrl.data.labels import CHEXPERT_LABELS, NUM_LABELS
+from cxrl.diffusion.roentgen_layout import make_roentgen_layout_generator
 from cxrl.eval.grids import save_grid
 
 
@@ -47,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="decode at most this many images now (re-run to continue)")
     p = sub.add_parser("labeler-eval", help="labeler precision/recall on IU X-ray vs MeSH")
     labeler_eval.add_arguments(p)
+    p = sub.add_parser("synth-mimic", help="write a synthetic MIMIC-CXR-JPG-layout tree (phantoms + IU X-ray reports)")
+    add_synth_mimic_arguments(p)
 
 
 def build_dataset(args, cache_dir=None):
@@ -94,6 +98,8 @@ def write_grid(items: list[dict], out: Path) -> Path:
 def run(args) -> int:
     if args.action == "labeler-eval":
         return labeler_eval.run(args)
+    if args.action == "synth-mimic":
+        return run_synth_mimic(args)
     if args.action == "prepare" and args.source != "mimic":
         raise ValueError("cxrl data prepare: only --source mimic has images to cache")
     dataset = build_dataset(args, cache_dir=getattr(args, "cache_dir", None))
@@ -114,4 +120,45 @@ def run(args) -> int:
     issues = getattr(dataset, "issues", None) or getattr(getattr(dataset, "reports", None), "issues", None)
     if issues is not None:
         print(issues.summary())
+    return 0
+
+
+def _studies_arg(value: str):
+    if value == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {value!r}") from None
+
+
+def add_synth_mimic_arguments(parser) -> None:
+    parser.add_argument("out", type=Path, help="directory to write the MIMIC-CXR-JPG-layout tree into")
+    parser.add_argument("--resolution", type=int, default=64, help="image side in pixels (default 64)")
+    parser.add_argument("--studies", type=_studies_arg, default=synth_mimic.DEFAULT_STUDIES,
+                        help=f"number of studies, or 'all' (default {synth_mimic.DEFAULT_STUDIES})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--corrupt", type=int, default=2, help="unreadable JPEGs written on purpose (default 2)")
+    parser.add_argument("--missing", type=int, default=2, help="rows whose JPEG is left out on purpose (default 2)")
+    parser.add_argument("--blank-views", type=int, default=None,
+                        help="frontal rows with an empty ViewPosition (default 4%% of frontal images, at least 1)")
+    parser.add_argument("--reports-out", type=Path, default=None, help="reports tree (default OUT/reports)")
+    parser.add_argument("--generator-out", type=Path, default=None,
+                        help="also write a random-init RoentGen-layout generator at --resolution here")
+    parser.add_argument("--overwrite", action="store_true", help="replace a synthetic tree written before")
+
+
+def run_synth_mimic(args) -> int:
+    world = synth_mimic.write_synthetic_mimic(args.out, resolution=args.resolution, num_studies=args.studies, seed=args.seed,
+                                  num_corrupt=args.corrupt, num_missing=args.missing,
+                                  num_blank_views=args.blank_views, reports_out=args.reports_out,
+                                  overwrite=args.overwrite)
+    print(synth_mimic.marker_text(world, args.seed).split("\n\n")[-1].strip())
+    print(f"images + CSVs: {world.root}\nreports: {world.reports_root}")
+    print(f"read it with: cxrl data inspect --source mimic --root {world.root} --reports-root {world.reports_root}")
+    if args.generator_out is not None:
+        train_texts = [study.text for study in world.studies if study.split == "train"]
+        path = make_roentgen_layout_generator(args.generator_out, args.resolution, tokenizer_texts=train_texts,
+                                              seed=args.seed, overwrite=args.overwrite)
+        print(f"RoentGen-layout generator (random weights, tokenizer trained on the train reports): {path}")
     return 0

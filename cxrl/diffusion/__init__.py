@@ -28,6 +28,8 @@ _EXPORTS = {
     "RolloutOutput": "rollout", "LogProbDetails": "rollout",
     # tiny.py
     "make_tiny_generator": "tiny",
+    # roentgen_layout.py
+    "make_roentgen_layout_generator": "roentgen_layout",
     # ddim.py
     "ddim_step_with_logprob": "ddim", "DDIMTables": "ddim",
 }
