@@ -9,6 +9,8 @@ import os
 
 import torch
 
+from cxrl._backend import record_choice, triton_kernels
+
 PREDICTION_TYPES = {"epsilon": 0, "sample": 1, "v_prediction": 2}
 
 
@@ -26,8 +28,6 @@ _last_choice: str | None = None
 def _record(choice: str) -> None:
     global _last_choice
     if choice != _last_choice:  # the report keeps the latest; skip the lock when nothing changed
-        from cxrl._backend import record_choice
-
         record_choice("ddim_step", choice)
         _last_choice = choice
 
@@ -79,8 +79,6 @@ def pick_backend(backend, tensors, threshold) -> str:
     if tensors[0].device.type != "cuda":
         _record(f"torch reference ({tensors[0].device.type} tensors)")
         return "reference"
-    from cxrl._backend import triton_kernels
-
     status = triton_kernels()
     if not status.active:
         _record(f"torch reference on CUDA: {status.reason}")
