@@ -34,9 +34,10 @@ refuses such steps up front.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
+
+from .ddim_logprob_dispatch import PREDICTION_TYPES, pick_backend, validate_inputs
 
 try:  # the reference below works without triton; _backend reports why triton is off
     import triton
@@ -44,7 +45,6 @@ try:  # the reference below works without triton; _backend reports why triton is
 except ImportError:  # pragma: no cover - triton ships with torch on Linux
     triton = None
 
-PREDICTION_TYPES = {"epsilon": 0, "sample": 1, "v_prediction": 2}
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
@@ -150,6 +150,20 @@ if triton is not None:
         return mean, sqrt_a_prev * dx0 + c_dir * deps
 
     @triton.jit
+    def _load_mean(u_ptr, c_ptr, x_ptr, a_t_ptr, a_prev_ptr, sigma_ptr, b, idx, valid, guidance_scale, clip_range,
+                   PRED_TYPE: tl.constexpr, HAS_CFG: tl.constexpr, CLIP: tl.constexpr):
+        """Sample b's coefficients, the guided model output m and x_t for one block -> (mu, d mu/d m, sigma)."""
+        a_t = tl.load(a_t_ptr + b).to(tl.float32)
+        a_prev = tl.load(a_prev_ptr + b).to(tl.float32)
+        sigma = tl.load(sigma_ptr + b).to(tl.float32)
+        m = tl.load(u_ptr + idx, mask=valid, other=0.0).to(tl.float32)
+        if HAS_CFG:
+            m = m + guidance_scale * (tl.load(c_ptr + idx, mask=valid, other=0.0).to(tl.float32) - m)
+        x = tl.load(x_ptr + idx, mask=valid, other=0.0).to(tl.float32)
+        mean, dmean = _ddim_mean(m, x, a_t, a_prev, sigma, clip_range, PRED_TYPE, CLIP)
+        return mean, dmean, sigma  # the forward leaves dmean unused; the compiler drops it
+
+    @triton.jit
     def _cast_rne(x, dtype: tl.constexpr):
         """fp32 -> ``dtype`` rounding to nearest-even. GPUs round on fp32 -> bf16 casts but the Triton
         interpreter truncates, so bf16 is rounded here by hand and both agree bitwise with torch."""
@@ -171,16 +185,8 @@ if triton is not None:
         offs = blk * BLOCK + tl.arange(0, BLOCK)
         valid = offs < n_per_sample
         idx = b.to(tl.int64) * n_per_sample + offs
-        a_t = tl.load(a_t_ptr + b).to(tl.float32)
-        a_prev = tl.load(a_prev_ptr + b).to(tl.float32)
-        sigma = tl.load(sigma_ptr + b).to(tl.float32)
-
-        m = tl.load(u_ptr + idx, mask=valid, other=0.0).to(tl.float32)
-        if HAS_CFG:
-            m = m + guidance_scale * (tl.load(c_ptr + idx, mask=valid, other=0.0).to(tl.float32) - m)
-        x = tl.load(x_ptr + idx, mask=valid, other=0.0).to(tl.float32)
-        mean, _ = _ddim_mean(m, x, a_t, a_prev, sigma, clip_range, PRED_TYPE, CLIP)
-
+        mean, _, sigma = _load_mean(u_ptr, c_ptr, x_ptr, a_t_ptr, a_prev_ptr, sigma_ptr, b, idx, valid,
+                                    guidance_scale, clip_range, PRED_TYPE, HAS_CFG, CLIP)
         if DRAW:
             z = tl.load(z_ptr + idx, mask=valid, other=0.0).to(tl.float32)
             prev_out = _cast_rne(mean + sigma * z, prev_ptr.dtype.element_ty)
@@ -207,16 +213,9 @@ if triton is not None:
         offs = blk * BLOCK + tl.arange(0, BLOCK)
         valid = offs < n_per_sample
         idx = b.to(tl.int64) * n_per_sample + offs
-        a_t = tl.load(a_t_ptr + b).to(tl.float32)
-        a_prev = tl.load(a_prev_ptr + b).to(tl.float32)
-        sigma = tl.load(sigma_ptr + b).to(tl.float32)
+        mean, dmean, sigma = _load_mean(u_ptr, c_ptr, x_ptr, a_t_ptr, a_prev_ptr, sigma_ptr, b, idx, valid,
+                                        guidance_scale, clip_range, PRED_TYPE, HAS_CFG, CLIP)
         g_lp = tl.load(g_lp_ptr + b).to(tl.float32)
-
-        m = tl.load(u_ptr + idx, mask=valid, other=0.0).to(tl.float32)
-        if HAS_CFG:
-            m = m + guidance_scale * (tl.load(c_ptr + idx, mask=valid, other=0.0).to(tl.float32) - m)
-        x = tl.load(x_ptr + idx, mask=valid, other=0.0).to(tl.float32)
-        mean, dmean = _ddim_mean(m, x, a_t, a_prev, sigma, clip_range, PRED_TYPE, CLIP)
         prev = tl.load(prev_ptr + idx, mask=valid, other=0.0).to(tl.float32)
         # d logp / d mu = (x_prev - mu) / (sigma^2 n); divided in two steps to stay in range
         g_mean = g_lp * ((prev - mean) / sigma / sigma) / n_per_sample
@@ -305,81 +304,6 @@ class FusedDDIMStepFunction(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------
 # entry point
 # ----------------------------------------------------------------------------------------------
-_last_choice: str | None = None
-
-
-def _record(choice: str) -> None:
-    global _last_choice
-    if choice != _last_choice:  # the report keeps the latest; skip the lock when nothing changed
-        from cxrl._backend import record_choice
-
-        record_choice("ddim_step", choice)
-        _last_choice = choice
-
-
-def _validate(model_output, sample, coefficients, model_output_text, noise, prev_sample, prediction_type):
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type {prediction_type!r} must be one of {sorted(PREDICTION_TYPES)}")
-    if sample.dim() < 2:
-        raise ValueError(f"sample must be [B, ...] with at least 2 dims, got shape {tuple(sample.shape)}")
-    named = {"model_output": model_output, "model_output_text": model_output_text, "noise": noise,
-             "prev_sample": prev_sample}
-    for name, t in named.items():
-        if t is None:
-            continue
-        if t.shape != sample.shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected the shape of sample {tuple(sample.shape)}")
-        if t.device != sample.device:
-            raise ValueError(f"{name} is on {t.device} but sample is on {sample.device}")
-    for name, t in [("sample", sample)] + [(k, v) for k, v in named.items() if v is not None]:
-        if not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    if (noise is None) == (prev_sample is None):
-        raise ValueError("give exactly one of noise (draw x_prev) and prev_sample (log-prob of a stored x_prev)")
-    for name, t in coefficients.items():
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor [B] on the device (per-sample coefficients)")
-        if t.shape != (sample.shape[0],):
-            raise ValueError(f"{name} must have shape [B] = [{sample.shape[0]}], got {tuple(t.shape)}")
-        if t.device != sample.device:
-            raise ValueError(f"{name} is on {t.device} but sample is on {sample.device}")
-
-
-def _pick_backend(backend, tensors, threshold) -> str:
-    if backend not in ("auto", "triton", "reference"):
-        raise ValueError(f"backend {backend!r} must be 'auto', 'triton' or 'reference'")
-    fp_ok = all(t.dtype in (torch.float32, torch.float16, torch.bfloat16) for t in tensors)
-    if backend == "triton":
-        if triton is None:
-            raise RuntimeError("backend='triton' was requested but triton is not installed")
-        if threshold is not None:
-            raise ValueError("dynamic thresholding needs a per-sample quantile: use backend='reference'")
-        if not fp_ok:
-            raise ValueError("the Triton DDIM kernel takes fp32/fp16/bf16 tensors; use backend='reference' for fp64")
-        if tensors[0].device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise RuntimeError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported")
-        return "triton"
-    if backend == "reference":
-        return "reference"
-    if tensors[0].device.type != "cuda":
-        _record(f"torch reference ({tensors[0].device.type} tensors)")
-        return "reference"
-    from cxrl._backend import triton_kernels
-
-    status = triton_kernels()
-    if not status.active:
-        _record(f"torch reference on CUDA: {status.reason}")
-        return "reference"
-    if threshold is not None:
-        _record("torch reference on CUDA: dynamic thresholding needs a per-sample quantile")
-        return "reference"
-    if not fp_ok:
-        _record("torch reference on CUDA: fp64 inputs (the kernel computes in fp32)")
-        return "reference"
-    _record("fused Triton kernel (CFG + DDIM + noise + log-prob)")
-    return "triton"
-
-
 def fused_ddim_step(
     model_output, sample, alpha_prod_t, alpha_prod_prev, std_dev_t, *, model_output_text=None,
     guidance_scale=1.0, noise=None, prev_sample=None, prediction_type="epsilon", clip_sample_range=None,
@@ -401,9 +325,9 @@ def fused_ddim_step(
     the schedule on the host should refuse such steps (``cxrl.diffusion.DDIMTables.check_stochastic``).
     """
     coefficients = {"alpha_prod_t": alpha_prod_t, "alpha_prod_prev": alpha_prod_prev, "std_dev_t": std_dev_t}
-    _validate(model_output, sample, coefficients, model_output_text, noise, prev_sample, prediction_type)
+    validate_inputs(model_output, sample, coefficients, model_output_text, noise, prev_sample, prediction_type)
     inputs = [model_output, sample] + [t for t in (model_output_text, noise, prev_sample) if t is not None]
-    if _pick_backend(backend, inputs, threshold) == "reference":
+    if pick_backend(backend, inputs, threshold) == "reference":
         return ddim_step_reference(
             model_output, sample, alpha_prod_t, alpha_prod_prev, std_dev_t, model_output_text=model_output_text,
             guidance_scale=guidance_scale, noise=noise, prev_sample=prev_sample, prediction_type=prediction_type,

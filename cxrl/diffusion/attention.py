@@ -11,29 +11,39 @@ Backends:
   * ``triton``   -- ``cxrl.kernels.flash_attention`` (CUDA, or CPU under ``TRITON_INTERPRET=1``)
   * ``xformers`` -- only when it imports *and* runs on the device (``cxrl._backend.xformers_attention``)
   * ``sdpa``     -- ``torch.nn.functional.scaled_dot_product_attention``
-  * ``auto``     -- ``sdpa`` on CPU; on CUDA each (shape, dtype, train/infer) is timed once across the
-                    available backends and the fastest is kept, so the UNet is never slower than with
-                    SDPA alone.
-Every choice is recorded with ``cxrl._backend.record_choice("attention[<shape key>]", ...)`` and shows in
-``cxrl.backend_report()``. A masked call goes to SDPA (the Triton and xformers paths here take no mask);
-that too is recorded, never silent.
+  * ``auto``     -- ``sdpa`` on CPU; on CUDA one decision per shape family (self/cross, bucketed
+                    lengths, head dim, dtype; not batch size, not train/infer), timed once and kept
+                    on disk per device, so sampling and the PPO recompute run the same arithmetic
+                    and the UNet is never slower than with SDPA alone (:mod:`.attention_auto`).
+Every choice is recorded with ``cxrl._backend.record_choice("attention[<shape family>]", ...)`` and shows
+in ``cxrl.backend_report()``. A masked call goes to SDPA (the Triton and xformers paths here take no
+mask); that too is recorded, never silent.
 """
 from __future__ import annotations
 
-import statistics
 import threading
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from cxrl import _backend
-from cxrl.kernels.flash_attention import MAX_HEAD_DIM, SUPPORTED_DTYPES, flash_attention, uses_triton
+from cxrl.diffusion.attention_auto import (
+    AutoAttention,
+    Timer,
+    shape_family,
+    time_on_cuda,
+)
+from cxrl.kernels.flash_attention import (
+    MAX_HEAD_DIM,
+    SUPPORTED_DTYPES,
+    flash_attention,
+    uses_triton,
+)
 
 BACKENDS = ("auto", "triton", "xformers", "sdpa")
-_AUTO_TIMING_REPS = 5
 
-_auto_choices: dict[str, str] = {}  # shape key -> backend picked by timing (CUDA only)
-_recorded: dict[str, str] = {}  # shape key -> the choice last written to the backend report
+_recorded: dict[str, str] = {}  # shape family -> the choice last written to the backend report
 _lock = threading.Lock()
 
 
@@ -88,12 +98,6 @@ def backend_unavailable_reason(backend: str, q: torch.Tensor) -> str | None:
     raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def shape_key(q: torch.Tensor, k: torch.Tensor, training: bool) -> str:
-    B, H, N, D = q.shape
-    dtype = str(q.dtype).replace("torch.", "")
-    return f"B{B} H{H} N{N} Nk{k.shape[2]} D{D} {dtype} {q.device.type} {'train' if training else 'infer'}"
-
-
 def _record_once(key: str, description: str) -> None:
     # the report is written only when a key's choice changes, not on every attention call
     with _lock:
@@ -104,88 +108,54 @@ def _record_once(key: str, description: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# auto: one-time timing per shape on CUDA
+# auto: one decision per shape family (attention_auto.py)
 # ---------------------------------------------------------------------------------------------
-def _time_backend(name: str, q, k, v, scale, training: bool) -> float:
-    """Median milliseconds of one call (forward, or forward+backward when training) on fresh inputs."""
-    run = _RUNNERS[name]
-    qs, ks, vs = (torch.randn_like(t).requires_grad_(training) for t in (q, k, v))
+def configure_auto(*, timer: Timer = time_on_cuda, cache_dir: str | Path | None = None,
+                   timed_devices: tuple[str, ...] = ("cuda",)) -> AutoAttention:
+    """Start ``auto`` afresh (no decisions in memory) with these settings; returns the new decider.
 
-    def once():
-        out = run(qs, ks, vs, scale)
-        if training:
-            out.backward(torch.ones_like(out))
-
-    for _ in range(2):  # the first call compiles / autotunes the Triton kernels
-        once()
-    times = []
-    for _ in range(_AUTO_TIMING_REPS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        once()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    ``cache_dir`` overrides ``$CXRL_ATTENTION_CACHE_DIR`` / ``~/.cache/cxrl/attention``; ``timer`` and
+    ``timed_devices`` exist so that tests can drive the decision on the CPU.
+    """
+    global AUTO
+    AUTO = AutoAttention(_RUNNERS, backend_unavailable_reason, timer=timer, cache_dir=cache_dir,
+                         timed_devices=timed_devices)
+    return AUTO
 
 
-def _pick_by_timing(q, k, v, scale, training: bool) -> tuple[str, str]:
-    timings: dict[str, float] = {}
-    notes: list[str] = []
-    for name in ("sdpa", "triton", "xformers"):
-        reason = backend_unavailable_reason(name, q)
-        if reason is not None:
-            notes.append(f"{name} off ({reason})")
-            continue
-        try:
-            with torch.enable_grad() if training else torch.no_grad():
-                timings[name] = _time_backend(name, q, k, v, scale, training)
-        except Exception as err:  # a backend that fails on this shape is reported and skipped
-            notes.append(f"{name} failed on this shape ({type(err).__name__}: {err})")
-    if not timings:
-        raise RuntimeError(f"attention: no backend ran for shape {shape_key(q, k, training)}: {'; '.join(notes)}")
-    best = min(timings, key=timings.get)
-    measured = ", ".join(f"{n} {t:.3f} ms" for n, t in sorted(timings.items(), key=lambda x: x[1]))
-    why = f"fastest by one-time timing ({measured})" + (f"; {'; '.join(notes)}" if notes else "")
-    return best, why
+AUTO = configure_auto()
 
 
-def _resolve(q, k, v, scale, attention_mask, backend: str) -> tuple[str, str]:
-    """(backend to run, why) for this call."""
-    training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    key = shape_key(q, k, training)
+def _resolve(q, k, v, scale, attention_mask, backend: str, cross: bool) -> str:
+    """The backend to run for this call; every choice goes to the backend report."""
+    key = shape_family(q, k, cross)
     if attention_mask is not None:
         _record_once(key + " masked", f"sdpa: attention_mask given (requested {backend}); the triton and "
                                       "xformers paths here take no mask")
-        return "sdpa", key
+        return "sdpa"
     if backend != "auto":
         reason = backend_unavailable_reason(backend, q)
         if reason is not None:
             raise RuntimeError(f"attention backend {backend!r} was requested but cannot run: {reason}")
         _record_once(key, f"{backend}: requested explicitly")
-        return backend, key
-    if q.device.type != "cuda":
-        _record_once(key, f"sdpa: auto on {q.device.type} (the fast kernels need CUDA)")
-        return "sdpa", key
-    with _lock:
-        cached = _auto_choices.get(key)
-    if cached is not None:
-        return cached, key
-    if torch.cuda.is_current_stream_capturing():  # no timing inside CUDA-graph capture
-        return "sdpa", key
-    best, why = _pick_by_timing(q, k, v, scale, training)
-    with _lock:
-        _auto_choices[key] = best
-    _record_once(key, f"{best}: {why}")
-    return best, key
+        return backend
+    decision = AUTO.choose(q, k, v, scale, cross)
+    _record_once(key, f"{decision.backend}: {decision.why}")
+    return decision.backend
 
 
 def dispatch_attention(q, k, v, scale: float | None = None, attention_mask: torch.Tensor | None = None,
-                       backend: str = "auto") -> torch.Tensor:
-    """Scaled-dot-product attention of ``q [B, H, N, D]`` over ``k, v [B, H, Nk, D]`` via ``backend``."""
+                       backend: str = "auto", cross: bool | None = None) -> torch.Tensor:
+    """Scaled-dot-product attention of ``q [B, H, N, D]`` over ``k, v [B, H, Nk, D]`` via ``backend``.
+
+    ``cross``: whether this is cross-attention (part of ``auto``'s shape family); None infers it from
+    the lengths (``Nk != N``).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
-    name, _ = _resolve(q, k, v, scale, attention_mask, backend)
+    if cross is None:
+        cross = k.shape[2] != q.shape[2]
+    name = _resolve(q, k, v, scale, attention_mask, backend, cross)
     return _RUNNERS[name](q, k, v, scale, attention_mask)
 
 
@@ -214,6 +184,7 @@ class CXRLAttnProcessor:
             batch_size, channel, height, width = hidden_states.shape
             hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
 
+        cross = encoder_hidden_states is not None
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         batch_size, key_length, _ = context.shape
 
@@ -243,7 +214,7 @@ class CXRLAttnProcessor:
             key = attn.norm_k(key)
 
         hidden_states = dispatch_attention(query, key, value, scale=attn.scale, attention_mask=attention_mask,
-                                           backend=self.backend)
+                                           backend=self.backend, cross=cross)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
 

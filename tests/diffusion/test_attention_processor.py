@@ -32,7 +32,7 @@ ACE_TOKENS = 2  # encoder states are 77 text tokens + ACE tokens
 @pytest.fixture
 def fast_interpreter_blocks(monkeypatch):
     # one 64-row block per 8x8 latent: the interpreter runs every program serially in Python
-    blocks = sys.modules["cxrl.kernels.flash_attention"]._INTERPRETER_BLOCKS
+    blocks = sys.modules["cxrl.kernels.flash_attention_common"].INTERPRETER_BLOCKS
     monkeypatch.setitem(blocks, "BLOCK_M", 64)
     monkeypatch.setitem(blocks, "BLOCK_N", 64)
 
@@ -91,7 +91,7 @@ def test_triton_backend_matches_default_processor(fast_interpreter_blocks):
     assert ref.abs().max() > 0.1  # a real signal, not a degenerate all-zero output
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
     choices = cxrl.backend_report()["choices"]
-    assert choices["attention[B2 H2 N64 Nk79 D16 float32 cpu infer]"] == "triton: requested explicitly"
+    assert choices["attention[cross N<=64 Nk<=128 D16 float32 cpu]"] == "triton: requested explicitly"
 
 
 def _lora_unet():
@@ -166,7 +166,7 @@ def test_attention_mask_goes_to_sdpa_and_is_recorded():
         unmasked = CXRLAttnProcessor("triton")(attn, hidden)
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
     assert (out - unmasked).abs().max() > 1e-3  # the mask was applied, not dropped
-    choice = cxrl.backend_report()["choices"]["attention[B2 H2 N11 Nk11 D16 float32 cpu infer masked]"]
+    choice = cxrl.backend_report()["choices"]["attention[self N<=16 D16 float32 cpu masked]"]
     assert choice.startswith("sdpa: attention_mask given (requested triton)")
 
 
@@ -175,7 +175,7 @@ def test_auto_picks_sdpa_on_cpu_and_says_why():
     k = torch.randn(1, 3, 79, 24)
     out = dispatch_attention(q, k, k, scale=0.2, backend="auto")
     torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, k, scale=0.2))
-    choice = cxrl.backend_report()["choices"]["attention[B1 H3 N13 Nk79 D24 float32 cpu infer]"]
+    choice = cxrl.backend_report()["choices"]["attention[cross N<=16 Nk<=128 D24 float32 cpu]"]
     assert choice == "sdpa: auto on cpu (the fast kernels need CUDA)"
 
 
