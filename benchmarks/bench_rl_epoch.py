@@ -53,6 +53,7 @@ class EpochSetting:
     layers_per_block: int = 1
     vae_widths: tuple = ()     # sd15: AutoencoderKL widths (one 2x upsampling per extra level)
     image_channels: int = 1
+    attention_backend: str | None = None   # sd15: cxrl's attention processor backend; None: diffusers' own
 
     @property
     def trained_steps(self) -> int:
@@ -64,7 +65,8 @@ SETTINGS = {
                         timestep_fraction=0.5, train_batch=2, grad_accum=2, guidance=3.0, group_size=2, reps=3),
     "gpu": EpochSetting("gpu-sd15-4x64x64", "sd15", (320, 640, 1280, 1280), 768, 64, samples=32, sample_batch=32,
                         steps=20, timestep_fraction=0.5, train_batch=8, grad_accum=4, guidance=5.0, group_size=4,
-                        reps=2, layers_per_block=2, vae_widths=(128, 256, 512, 512), image_channels=3),
+                        reps=2, layers_per_block=2, vae_widths=(128, 256, 512, 512), image_channels=3,
+                        attention_backend="auto"),
 }
 # The GPU case's code path at a size a CPU runs in seconds (the smoke test uses it).
 TINY_SD15 = dataclasses.replace(SETTINGS["gpu"], name="tiny-sd15", widths=(32, 32, 32, 32), cross_dim=32, latent=8,
@@ -109,6 +111,11 @@ def build_generator(s: EpochSetting, device, workdir: Path):
                             sample_size=s.latent * 2 ** (vae_levels - 1))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1)
+    if s.attention_backend is not None:
+        # imported here like the other cxrl modules of this file: the CPU size never needs diffusers' Attention
+        from cxrl.diffusion.attention import set_attention_backend
+
+        set_attention_backend(unet, s.attention_backend)
     for m in (unet, vae):
         m.requires_grad_(False).eval()
     return dataclasses.replace(gen, unet=unet, vae=vae, scheduler=scheduler, _empty_embeds=None)

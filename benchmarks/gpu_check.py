@@ -1,22 +1,37 @@
-"""Correctness of the Triton kernels on a real GPU (compiled, not interpreted), against their references.
+"""Correctness at GPU scale, against references: the kernels at large shapes, the rl_epoch baseline's eager
+step, and the trainer's overlapped reward scoring on its own CUDA stream.
 
-Run by ``benchmarks/gpu_suite.sh``; exits non-zero on any mismatch. On the CPU the same checks run in
-the unit tests under ``TRITON_INTERPRET=1``; this is the check that the compiled kernels agree too.
-Tolerance rule for low precision: |fast − ref64| ≤ 2·|torch same dtype − ref64| + atol.
+The last step of ``benchmarks/gpu_suite.sh`` (``suite_step``); also ``python -m benchmarks.gpu_check``,
+which exits non-zero on any mismatch. Each check runs on its own: an exception (a compile error, say) is
+recorded as that check's failure and the next check still runs. The kernel tests (``tests/kernels``)
+cover the small and odd shapes; these cover the long sequences and multi-block reductions of the real
+sizes. Tolerance rule for low precision: |fast − ref64| ≤ 2·|torch same dtype − ref64| + atol.
+The suite's rehearsal runs the same checks on the CPU at tiny shapes, kernels interpreted.
 """
 from __future__ import annotations
 
 import sys
+import traceback
 
 import torch
 
 from cxrl.kernels import ddim_step_reference, flash_attention, fused_ddim_step
 
 FAILURES: list[str] = []
+_RECORD = None   # the suite step's StepRecord while suite_step runs
+
+DDIM_SHAPES = {"gpu": [(32, 4, 64, 64), (32, 1, 64, 64)], "tiny": [(3, 1, 17, 23), (2, 4, 8, 8)]}
+# (B, H, N, Nk, D): SD-1.5's head dims at their real token counts; the interpreter cannot run bf16 dots
+ATTENTION_CASES = {"gpu": [(1, 8, 4096, 4096, 40), (2, 8, 1024, 77, 80), (2, 8, 256, 256, 160)],
+                   "tiny": [(1, 2, 37, 77, 40), (1, 1, 17, 23, 160)]}
+ATTENTION_DTYPES = {"gpu": (torch.bfloat16, torch.float32), "tiny": (torch.float16, torch.float32)}
 
 
 def _report(name: str, ok: bool, detail: str) -> None:
-    print(f"  [{'ok' if ok else 'FAIL'}] {name}: {detail}", flush=True)
+    if _RECORD is not None:
+        _RECORD.check(name, ok, detail)
+    else:
+        print(f"  [{'ok' if ok else 'FAIL'}] {name}: {detail}", flush=True)
     if not ok:
         FAILURES.append(name)
 
@@ -25,9 +40,9 @@ def _err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item()
 
 
-def check_ddim_step(device: torch.device) -> None:
+def check_ddim_step(device: torch.device, size: str = "gpu") -> None:
     print("fused DDIM step + log-prob (Triton vs torch reference)")
-    for shape in [(3, 1, 17, 23), (32, 4, 64, 64), (32, 1, 64, 64)]:
+    for shape in DDIM_SHAPES[size]:
         for dtype in (torch.float32, torch.bfloat16):
             for cfg in (False, True):
                 g = torch.Generator(device=device).manual_seed(1)
@@ -57,12 +72,10 @@ def check_ddim_step(device: torch.device) -> None:
                         f"max|Δprev|={e_prev:.2e} rel|Δlogp|={e_lp:.2e} rel|Δgrad|={e_grad:.2e}")
 
 
-def check_flash_attention(device: torch.device) -> None:
+def check_flash_attention(device: torch.device, size: str = "gpu") -> None:
     print("flash attention (Triton vs fp64 math reference)")
-    cases = [(2, 8, 1024, 1024, 40), (2, 8, 256, 77, 80), (1, 8, 4096, 4096, 64), (2, 8, 256, 256, 160),
-             (2, 8, 333, 79, 128), (1, 2, 37, 77, 40)]
-    for (B, H, N, Nk, D) in cases:
-        for dtype in (torch.float16, torch.bfloat16, torch.float32):
+    for (B, H, N, Nk, D) in ATTENTION_CASES[size]:
+        for dtype in ATTENTION_DTYPES[size]:
             g = torch.Generator(device=device).manual_seed(2)
             q, k, v = (torch.randn(B, H, n, D, device=device, generator=g, dtype=torch.float64)
                        for n in (N, Nk, Nk))
@@ -87,11 +100,12 @@ def check_flash_attention(device: torch.device) -> None:
             _report(f"attn B{B} H{H} N{N} Nk{Nk} D{D} {str(dtype)[6:]}", ok, f"worst |fast-ref|/|torch-ref| = {worst:.2f}")
 
 
-def check_eager_baseline_step(device: torch.device) -> None:
+def check_eager_baseline_step(device: torch.device, size: str = "gpu") -> None:
     """The rl_epoch benchmark's eager (ddpo-style) steps compute what cxrl's fused step computes, on CUDA."""
     print("rl_epoch eager baseline step vs cxrl fused step")
-    from cxrl.diffusion.ddim import ddim_step_with_logprob
     from diffusers import DDIMScheduler
+
+    from cxrl.diffusion.ddim import ddim_step_with_logprob
 
     from .eager_ddpo import eager_recompute_log_prob, eager_sampling_step
 
@@ -112,10 +126,11 @@ def check_eager_baseline_step(device: torch.device) -> None:
             f"max|Δprev|={e[0]:.2e} |Δlogp|={e[1]:.2e} |Δlogp recompute|={e[2]:.2e}")
 
 
-def check_overlapped_scoring(device: torch.device) -> None:
+def check_overlapped_scoring(device: torch.device, size: str = "gpu") -> None:
     """rewards.overlap (scoring thread on its own CUDA stream, anchor sampled there) gives the inline rewards."""
     print("trainer: overlapped reward scoring vs inline (CUDA streams)")
     import copy
+    import dataclasses
     import tempfile
     from pathlib import Path
 
@@ -123,7 +138,9 @@ def check_overlapped_scoring(device: torch.device) -> None:
 
     from .bench_rl_epoch import TINY_SD15, build_trainer
 
-    trainer, _ = build_trainer(TINY_SD15, str(device), Path(tempfile.mkdtemp(prefix="cxrl-gpu-check-")))
+    # diffusers' own attention: this check is about the scoring stream, not about attention kernels
+    setting = dataclasses.replace(TINY_SD15, attention_backend=None)
+    trainer, _ = build_trainer(setting, str(device), Path(tempfile.mkdtemp(prefix="cxrl-gpu-check-")))
     with torch.no_grad():   # LoRA B starts at zero: make the policy differ from the anchor
         for p in trainer.policy.unet_params:
             p.add_(0.05 * torch.randn_like(p))
@@ -146,15 +163,37 @@ def check_overlapped_scoring(device: torch.device) -> None:
     _report("overlap == inline rewards", err <= 1e-5, f"max|Δreward|={err:.2e} over {rewards[True].numel()} values")
 
 
+CHECKS = (check_ddim_step, check_flash_attention, check_eager_baseline_step, check_overlapped_scoring)
+
+
+def run_checks(device: torch.device, size: str) -> None:
+    """Every check, each on its own: an exception fails that check and the next one runs."""
+    for check in CHECKS:
+        try:
+            check(device, size)
+        except Exception as err:
+            traceback.print_exc()
+            _report(check.__name__, False, f"raised {type(err).__name__}: {str(err).splitlines()[0][:300]}")
+
+
+def suite_step(rec, rehearse: bool) -> None:
+    """The GPU suite's step: the checks recorded in ``rec`` as they finish."""
+    global _RECORD
+    from .gpu_steps import device_for
+
+    _RECORD = rec
+    try:
+        run_checks(torch.device(device_for(rehearse)), "tiny" if rehearse else "gpu")
+    finally:
+        _RECORD = None
+    rec.headline(checks=len(rec.data["checks"]), failed=len(rec.failures))
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device; the CPU equivalents are the TRITON_INTERPRET=1 unit tests", file=sys.stderr)
         return 2
-    device = torch.device("cuda")
-    check_ddim_step(device)
-    check_flash_attention(device)
-    check_eager_baseline_step(device)
-    check_overlapped_scoring(device)
+    run_checks(torch.device("cuda"), "gpu")
     print(f"gpu_check: {len(FAILURES)} failure(s)" + (f": {FAILURES}" if FAILURES else ""))
     return 1 if FAILURES else 0
 

@@ -125,11 +125,9 @@ def test_every_case_runs_through_the_runner_at_a_tiny_size(tmp_path, monkeypatch
     assert all(r["git_sha"] and r["device"] for r in rows)
 
 
-def test_gpu_suite_script_parses_and_names_every_case():
+def test_gpu_suite_script_parses():
+    # what the suite runs, in which order and within which caps: tests/test_gpu_suite.py
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_suite.sh")], check=True)
-    text = (ROOT / "benchmarks" / "gpu_suite.sh").read_text()
-    for case in runner.available_cases():
-        assert case in text, f"gpu_suite.sh does not run the '{case}' case"
 
 
 def test_gpu_check_rl_epoch_checks_run_on_the_cpu(capsys, one_thread):
