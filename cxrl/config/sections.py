@@ -27,7 +27,8 @@ class ModelConfig:
     lora_alpha: float = opt(4.0, "LoRA scaling numerator (scale = alpha / rank)", lo=0.0, lo_open=True)
     ace_tokens: int = opt(2, "number of adaptive condition embedding tokens appended to the text context; 0 disables ACE", lo=0)
     gradient_checkpointing: bool = opt(False, "recompute UNet activations in the backward pass to save memory")
-    attention: str = opt("auto", "UNet attention backend: 'auto' (per-shape timing on CUDA, SDPA on CPU), 'triton', "
+    attention: str = opt("auto", "UNet attention backend: 'auto' (on CUDA one timed decision per shape family, shared by "
+                         "sampling and the PPO recompute and cached on disk per device; SDPA on CPU), 'triton', "
                          "'xformers', 'sdpa', or 'diffusers' (leave the model's own processors)",
                          choices=["auto", "triton", "xformers", "sdpa", "diffusers"])
 
@@ -82,7 +83,8 @@ class TrainConfig:
     kl_beta: float = opt(0.0, "weight of the KL penalty to the anchor, beta*|mu_theta - mu_anchor|^2/(2 sigma_t^2); 0 disables", lo=0.0)
     ema_decay: float = opt(0.0, "EMA of the trained weights (0 disables; e.g. 0.999)", lo=0.0, hi=1.0)
     mixed_precision: str = opt("auto", "'auto' = bf16 autocast on CUDA, none on CPU; 'no' or 'bf16' force it", choices=["auto", "no", "bf16"])
-    deterministic: bool = opt(True, "deterministic algorithms (bitwise-reproducible resume on CPU)")
+    deterministic: bool = opt(True, "deterministic algorithms (bitwise-reproducible resume on CPU); fresh memory is not "
+                              "NaN-filled. Measured on CPU: ~0-10% slower, within noise (docs/benchmarks.md); GPU not yet measured")
     max_nonfinite: int = opt(3, "abort after this many consecutive updates with a non-finite loss or gradient", lo=1)
     torch_threads: int = opt(0, "intra-op CPU threads for torch (torch.set_num_threads); 0 leaves torch's default", lo=0)
 
