@@ -151,10 +151,11 @@ def _check(providers: dict, q, k, v, dout, backward: bool) -> dict[str, float]:
     return worst
 
 
-def _auto_choices() -> dict:
-    import cxrl
+def _auto_pick(q, k, v, cross: bool) -> str:
+    """The backend ``auto`` runs for this shape family (its decision is made once, on the first call)."""
+    from cxrl.diffusion import attention  # the module whose AUTO decider CXRLAttnProcessor("auto") uses
 
-    return {k: v for k, v in cxrl.backend_report()["choices"].items() if k.startswith("attention")}
+    return attention.AUTO.choose(q, k, v, None, cross).backend
 
 
 def measure(shape: Shape, device: str, plan: Plan, backward: bool) -> tuple[CaseResult, dict]:
@@ -162,7 +163,6 @@ def measure(shape: Shape, device: str, plan: Plan, backward: bool) -> tuple[Case
     providers = _providers(device, plan.providers, plan.dtype)
     q, k, v, dout = _inputs(shape, device, plan.dtype, grad=backward)
     info: dict = {}
-    before = _auto_choices()
     for name, fn in providers.items():
         t0 = time.perf_counter()
         _outputs(fn, q, k, v, dout, backward)
@@ -170,8 +170,7 @@ def measure(shape: Shape, device: str, plan: Plan, backward: bool) -> tuple[Case
             torch.cuda.synchronize()
         info[f"first_call_s_{name}"] = time.perf_counter() - t0
     if "auto" in providers:
-        picked = [d for key, d in _auto_choices().items() if before.get(key) != d]
-        info["auto_pick"] = picked[-1].split(":")[0] if picked else "not recorded (decided before this row)"
+        info["auto_pick"] = _auto_pick(q, k, v, cross=shape.n_k != shape.n_q)   # as dispatch_attention infers it
     info["worst_error_vs_allowed"] = _check(providers, q, k, v, dout, backward)
 
     def repeated(fn):
