@@ -8,11 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cxrl import trajectory
 from cxrl.trajectory import AdvantageTracker, TrajectoryFormatError
-from cxrl.trajectory_reference import ReferenceAdvantageTracker
+from cxrl.trajectory.advantages import ReferenceAdvantageTracker
+from cxrl.trajectory.extension import _C
 
-HAS_C = trajectory._C is not None
+HAS_C = _C is not None
 PROMPTS = ["no finding", "small left pleural effusion", "cardiomegaly", "AP view, lines and tubes", "ödem"]
 
 

@@ -4,8 +4,9 @@ import torch
 
 from benchmarks import bench_trajectory as bench
 from cxrl import trajectory
+from cxrl.trajectory.extension import _C
 
-pytestmark = pytest.mark.skipif(trajectory._C is None, reason="cxrl._C is not built")
+pytestmark = pytest.mark.skipif(_C is None, reason="cxrl._C is not built")
 
 
 def test_providers_gather_the_same_amount_and_cxrl_data_is_right():

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from cxrl import trajectory
 from cxrl.trajectory import TrajectoryStore
-from cxrl.trajectory_reference import ReferenceTrajectoryStore
+from cxrl.trajectory.extension import _C
+from cxrl.trajectory.reference import ReferenceTrajectoryStore
 
-HAS_C = trajectory._C is not None
+HAS_C = _C is not None
 BACKENDS = [pytest.param("cpp", marks=pytest.mark.skipif(not HAS_C, reason="no cxrl._C")),
             pytest.param("torch", marks=pytest.mark.skipif(not HAS_C, reason="no cxrl._C")), "reference"]
 
@@ -80,7 +80,7 @@ def test_bad_config_is_a_clear_error(kwargs, match):
 
 @pytest.mark.skipif(not HAS_C, reason="no cxrl._C")
 def test_cpp_layer_checks_its_own_inputs():
-    arena = trajectory._C.TrajectoryArena(4, 3, [2, 3], 1, 1)
+    arena = _C.TrajectoryArena(4, 3, [2, 3], 1, 1)
     ok = np.zeros((2, 2, 3), np.float32)
     with pytest.raises(IndexError, match="outside the store's capacity of 4"):
         arena.write_latents(3, 0, ok)
@@ -95,11 +95,11 @@ def test_cpp_layer_checks_its_own_inputs():
     with pytest.raises(ValueError, match="expected floating-point"):
         arena.write_step_scalars(0, 0, np.zeros(2, np.int32), np.zeros(2, np.int64))
     with pytest.raises(ValueError, match="unknown latent dtype code 9"):
-        trajectory._C.TrajectoryArena(4, 3, [2], 1, 9)
+        _C.TrajectoryArena(4, 3, [2], 1, 9)
     with pytest.raises(ValueError, match="num_samples must be >= 1"):
-        trajectory._C.TrajectoryArena(0, 3, [2], 1, 1)
+        _C.TrajectoryArena(0, 3, [2], 1, 1)
     with pytest.raises(ValueError, match="overflows"):
-        trajectory._C.TrajectoryArena(2**40, 2**20, [2**20], 1, 1)
+        _C.TrajectoryArena(2**40, 2**20, [2**20], 1, 1)
     stage = [np.zeros((2, 2, 3), np.float32), np.zeros((2, 2, 3), np.float32), np.zeros(2, np.int64),
              np.zeros(2, np.float32), np.zeros(2, np.float32), np.zeros(2, np.int64)]
     with pytest.raises(IndexError, match=r"plan entry 1 = \(sample 4, step 0\)"):
@@ -115,7 +115,7 @@ def test_cpp_layer_checks_its_own_inputs():
         ro.flags.writeable = False
         arena.gather(np.array([0, 1]), np.array([0, 0]), 0, 2, ro, *stage[1:])
     with pytest.raises(ValueError, match="trained_steps must be in"):
-        trajectory._C.build_plan(4, 3, 2, 4, 0)
+        _C.build_plan(4, 3, 2, 4, 0)
 
 
 @pytest.mark.skipif(not HAS_C, reason="no cxrl._C")

@@ -7,11 +7,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cxrl import trajectory
 from cxrl.trajectory import TrajectoryFormatError, TrajectoryStore
-from cxrl.trajectory_reference import HEADER_BYTES, SECTIONS, ReferenceTrajectoryStore
+from cxrl.trajectory.extension import _C
+from cxrl.trajectory.format import HEADER_BYTES, SECTIONS
+from cxrl.trajectory.reference import ReferenceTrajectoryStore
 
-HAS_C = trajectory._C is not None
+HAS_C = _C is not None
 needs_c = pytest.mark.skipif(not HAS_C, reason="cxrl._C is not built")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
@@ -125,4 +126,4 @@ def test_cpp_crc32_equals_zlib(data, start):
     import numpy as np
 
     buf = np.frombuffer(data, dtype=np.uint8) if data else np.zeros(0, np.uint8)
-    assert trajectory._C.crc32(buf, start) == zlib.crc32(data, start)
+    assert _C.crc32(buf, start) == zlib.crc32(data, start)

@@ -8,11 +8,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cxrl
-from cxrl import trajectory
-from cxrl.trajectory import TrajectoryStore, num_trained_steps
-from cxrl.trajectory_reference import ReferenceTrajectoryStore, reference_plan
+from cxrl.trajectory import CppTrajectoryStore, TorchTrajectoryStore, TrajectoryStore
+from cxrl.trajectory.extension import _C
+from cxrl.trajectory.plan import num_trained_steps, reference_plan
+from cxrl.trajectory.reference import ReferenceTrajectoryStore
 
-pytestmark = pytest.mark.skipif(trajectory._C is None, reason="cxrl._C is not built")
+pytestmark = pytest.mark.skipif(_C is None, reason="cxrl._C is not built")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -161,13 +162,147 @@ def test_views_are_zero_copy_and_threaded_gather_matches():
         assert torch.equal(a.advantages, store.advantages[a.sample_idx])
 
 
-def test_minibatches_to_device_and_staging_reuse():
-    store = TrajectoryStore(6, 2, (3,), 1)
-    store.latents.copy_(torch.randn(store.latents.shape))
+class FakeStream:
+    """Stands in for a GPU stream on the CPU: an asynchronous copy is only queued, and reads its source
+    when an event recorded after it is synchronized -- as a DMA engine may read a pinned buffer long
+    after ``.to(non_blocking=True)`` returned. ``honest=False`` gives events that do not wait."""
+
+    def __init__(self, honest: bool = True):
+        self.honest, self.copies, self.done, self.log = honest, [], 0, []
+
+    def copy(self, src: torch.Tensor) -> torch.Tensor:
+        dst = torch.full_like(src, -1)
+        self.copies.append((dst, src))
+        return dst
+
+    def event(self):
+        return FakeEvent(self)
+
+    def complete(self, upto: int) -> None:
+        """Run the queued copies in order up to position ``upto`` (a stream is FIFO)."""
+        for dst, src in self.copies[self.done:upto]:
+            dst.copy_(src)
+        self.done = max(self.done, upto)
+
+    def finish(self) -> None:
+        self.complete(len(self.copies))
+
+
+class FakeEvent:
+    def __init__(self, stream: FakeStream):
+        self.stream, self.position = stream, 0
+
+    def record(self) -> None:
+        self.position = len(self.stream.copies)
+        self.stream.log.append("record")
+
+    def synchronize(self) -> None:
+        if self.stream.honest:
+            self.stream.complete(self.position)
+        self.stream.log.append("sync")
+
+
+def filled_pair(n=7, t=3, shape=(2, 3), seed=0):
+    store, ref = TrajectoryStore(n, t, shape, 1, backend="cpp"), ReferenceTrajectoryStore(n, t, shape, 1)
+    fill([store, ref], n, t, shape, 1, torch.float32, [n], torch.Generator().manual_seed(seed))
+    return store, ref
+
+
+def assert_equals_reference(mb, ref):
+    i, j = mb.sample_idx, mb.step_idx
+    assert torch.equal(mb.x_t, ref.latents[i, j]) and torch.equal(mb.x_prev, ref.latents[i, j + 1])
+    assert torch.equal(mb.timesteps, ref.timesteps[i, j]) and torch.equal(mb.log_probs, ref.log_probs[i, j])
+    assert torch.equal(mb.advantages, ref.advantages[i]) and torch.equal(mb.prompt_ids, ref.prompt_ids[i])
+
+
+def logging_gathers(store, stream, monkeypatch):
+    real = store.gather
+
+    def gather(plan, m):
+        mb = real(plan, m)
+        stream.log.append("gather")
+        return mb
+
+    monkeypatch.setattr(store, "gather", gather)
+
+
+def test_async_copies_finish_before_the_staging_buffer_is_rewritten(monkeypatch):
+    store, ref = filled_pair()
+    plan = store.plan(2, seed=4)  # 4 sample batches x 3 steps, the last batch short
+    stream = FakeStream()
+    logging_gathers(store, stream, monkeypatch)
+    moved = list(store.copied_out(plan, stream.copy, stream.event))
+    store._staging.wait()  # the last copy is waited for by the next gather; finish it here
+    assert stream.log == ["gather", "record"] + ["sync", "gather", "record"] * (len(plan) - 1) + ["sync"]
+    assert len(moved) == len(plan) == 12
+    for mb in moved:  # each copy read its own minibatch, not a later one written over it
+        assert_equals_reference(mb, ref)
+
+    # the same harness catches a protocol that does not wait: late copies read later minibatches
+    lying = FakeStream(honest=False)
+    early = list(store.copied_out(plan, lying.copy, lying.event))
+    lying.finish()
+    wrong = [m for m, mb in enumerate(early) if not torch.equal(mb.x_t, ref.latents[mb.sample_idx, mb.step_idx])]
+    assert wrong == list(range(len(plan) - 1))  # every minibatch but the last was overwritten
+
+
+def test_a_gather_after_leaving_the_loop_still_waits_for_the_copy(monkeypatch):
+    store, ref = filled_pair(seed=1)
+    plan = store.plan(3, seed=2)
+    stream = FakeStream()
+    first = next(iter(store.copied_out(plan, stream.copy, stream.event)))  # consumer stops after one minibatch
+    other = store.gather(plan, len(plan) - 1)  # reuses the staging buffer while the copy is in flight
+    assert stream.log == ["record", "sync"]
+    assert_equals_reference(first, ref)
+    assert_equals_reference(other, ref)
+
+
+def test_minibatches_to_the_cpu_are_staging_views_overwritten_by_the_next_gather():
+    store, ref = filled_pair(seed=2)
     plan = store.plan(3, seed=1)
-    kept = [mb.x_t.clone() for mb in store.minibatches(plan, device="cpu")]
-    for mb, x in zip(store.minibatches(plan), kept):
-        assert torch.equal(mb.x_t, x)
+    views = []
+    for mb in store.minibatches(plan, device="cpu"):
+        assert_equals_reference(mb, ref)  # correct while it is the current minibatch
+        views.append(mb)
+    assert len({mb.x_t.data_ptr() for mb in views}) == 1  # one buffer, reused (documented in Minibatch)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend, pin", [("cpp", True), ("cpp", False), ("torch", None)])
+def test_minibatches_to_cuda_equal_the_reference(backend, pin):
+    n, t, shape = 96, 4, (4, 32, 32)  # 16 KiB latents: copies long enough for a missing wait to show
+    store = TrajectoryStore(n, t, shape, 1, device="cuda" if backend == "torch" else "cpu", backend=backend, pin=pin)
+    ref = ReferenceTrajectoryStore(n, t, shape, 1)
+    fill([store, ref], n, t, shape, 1, torch.float32, [40, n - 40], torch.Generator().manual_seed(3))
+    if backend == "cpp":
+        assert store.pinned == pin
+    plan = store.plan(8, 0.5, seed=7)
+    moved = list(store.minibatches(plan, device="cuda"))  # all kept: each must survive the later gathers
+    torch.cuda.synchronize()
+    assert len(moved) == len(plan)
+    for mb in moved:
+        assert mb.x_t.is_cuda and mb.advantages.is_cuda
+        assert_equals_reference(mb.to(torch.device("cpu")), ref)
+    if backend == "torch":
+        for mb in store.minibatches(plan, device="cpu"):
+            assert_equals_reference(mb, ref)
+
+
+@pytest.mark.parametrize("device, backend, cls", [
+    ("cpu", None, CppTrajectoryStore), ("meta", None, TorchTrajectoryStore), ("cpu", "cpp", CppTrajectoryStore),
+    ("cpu", "torch", TorchTrajectoryStore), ("cpu", "reference", ReferenceTrajectoryStore),
+])
+def test_constructor_and_load_return_the_chosen_backend(tmp_path, device, backend, cls):
+    store = TrajectoryStore(3, 2, (2,), 1, device=device, backend=backend)
+    assert type(store) is cls and isinstance(store, TrajectoryStore) and store.backend == cls.backend
+    if device == "cpu":
+        store.latents.copy_(torch.randn(store.latents.shape))
+        store.save(tmp_path / "s.cxrl")
+        loaded = TrajectoryStore.load(tmp_path / "s.cxrl", backend=backend)
+        assert type(loaded) is cls and torch.equal(loaded.latents, store.latents)
+        assert type(cls.load(tmp_path / "s.cxrl")) is cls
+    with pytest.raises(ValueError, match=f"is the '{cls.backend}' backend; got backend='nope'"):
+        cls(3, 2, (2,), backend="nope")
 
 
 def test_backend_choice_is_recorded():
