@@ -23,6 +23,26 @@ AUTOTUNE = re.compile(r"Triton autotuning for function (\w+),\s*with key as (.*?
 PYTEST_WORD = re.compile(r"\b(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
 PROGRESS = re.compile(r"\[\s*\d+%\]")
 
+# what the setup step prints: the packages found (by metadata, not imported) and whether cxrl._C imports
+PROBE = r"""
+import importlib, importlib.metadata as md, importlib.util, json
+found = {}
+for name, dist in (("torch", "torch"), ("triton", "triton"), ("diffusers", "diffusers"), ("transformers", "transformers"),
+                   ("peft", "peft"), ("torchxrayvision", "torchxrayvision"), ("trl", "trl"), ("xformers", "xformers"),
+                   ("pybind11", "pybind11"), ("xdist", "pytest-xdist")):
+    try:   # found, not imported: importing transformers & co. costs seconds; the steps import what they use
+        found[name] = md.version(dist) if importlib.util.find_spec(name) else None
+    except Exception:
+        found[name] = "present" if importlib.util.find_spec(name) else None
+try:
+    importlib.import_module("cxrl._C")
+    found["cxrl._C"] = "imports"
+except Exception as err:
+    found["cxrl._C"] = None
+print(json.dumps(found))
+"""
+
+
 
 class Log:
     """``suite.log`` and the console: one stamped line per event."""

@@ -76,24 +76,6 @@ def caps_sum(rehearse: bool) -> int:
     """What the steps may take together, the reserve included (tests/test_gpu_suite.py: <= the budget)."""
     return sum(s.rehearse_cap_s if rehearse else s.cap_s for s in STEPS) + RESERVE_S
 
-PROBE = r"""
-import importlib, importlib.metadata as md, importlib.util, json
-found = {}
-for name, dist in (("torch", "torch"), ("triton", "triton"), ("diffusers", "diffusers"), ("transformers", "transformers"),
-                   ("peft", "peft"), ("torchxrayvision", "torchxrayvision"), ("trl", "trl"), ("xformers", "xformers"),
-                   ("pybind11", "pybind11"), ("xdist", "pytest-xdist")):
-    try:   # found, not imported: importing transformers & co. costs seconds; the steps import what they use
-        found[name] = md.version(dist) if importlib.util.find_spec(name) else None
-    except Exception:
-        found[name] = "present" if importlib.util.find_spec(name) else None
-try:
-    importlib.import_module("cxrl._C")
-    found["cxrl._C"] = "imports"
-except Exception as err:
-    found["cxrl._C"] = None
-print(json.dumps(found))
-"""
-
 
 class Interrupted(Exception):
     """SIGTERM/SIGINT reached the driver: stop the running step, write what there is."""
@@ -125,7 +107,8 @@ def base_env(work: Path, rehearse: bool) -> dict:
     env.update(PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1", MPLBACKEND="Agg",
                TRITON_CACHE_DIR=str(work / "triton_cache"), TRITON_CACHE_AUTOTUNING="1",
                TRITON_PRINT_AUTOTUNING="1", XDG_CACHE_HOME=str(work / "cache"),
-               CXRL_CACHE_DIR=str(work / "cache" / "cxrl"), CXRL_BENCH_RESULTS=str(work / "results"))
+               CXRL_CACHE_DIR=str(work / "cache" / "cxrl"), CXRL_BENCH_RESULTS=str(work / "results"),
+               CXRL_ATTENTION_CACHE_DIR=str(work / "cache" / "attention"))   # auto's decisions go into the bundle
     if rehearse:   # CPU only, kernels interpreted, one thread per process on a small shared machine
         env.update(TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         env.pop("CXRL_TEST_GPU", None)
@@ -166,7 +149,7 @@ def end_group(proc: subprocess.Popen) -> None:
 
 def probe(suite: Suite, timeout: float) -> dict:
     path = suite.work / "logs" / "setup.log"
-    code, _ = run_process([sys.executable, "-c", PROBE], suite.env, timeout, path)
+    code, _ = run_process([sys.executable, "-c", gpu_report.PROBE], suite.env, timeout, path)
     lines = [ln for ln in path.read_text().splitlines() if ln.startswith("{")]
     return json.loads(lines[-1]) if code == 0 and lines else {}
 
