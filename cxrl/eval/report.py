@@ -75,9 +75,11 @@ def showcase_order(labels: torch.Tensor) -> list[int]:
 
 def write_report(results: dict[str, dict], out_dir, samples: dict[str, torch.Tensor] | None = None,
                  prompts: Sequence[str] | None = None, extra: dict | None = None,
-                 references: torch.Tensor | None = None, grid_order: Sequence[int] | None = None) -> dict[str, Path]:
+                 references: torch.Tensor | None = None, grid_order: Sequence[int] | None = None,
+                 reference_label: str = "real") -> dict[str, Path]:
     """Write metrics.json, run.json (``extra``), results.md and (when ``samples[name] [P, S, C, H, W]`` and ``prompts`` are
-    given) the grids; ``references [P, C, H, W]`` (real images of the prompts) become a "real" column
+    given) the grids; ``references [P, C, H, W]`` (the reference images of the prompts) become a column headed
+    ``reference_label`` ("real" for real CXRs, "phantom render" for the phantom world's renders of the report)
     of the comparison grid; ``grid_order`` (e.g. :func:`showcase_order`) picks which prompts the grids show first
     (default: in order). Returns ``{artifact: path}``."""
     if not results:
@@ -115,7 +117,7 @@ def write_report(results: dict[str, dict], out_dir, samples: dict[str, torch.Ten
             if real.shape[1:] != first.shape[1:]:  # e.g. 512-px MIMIC JPGs next to a 64-px model
                 real = F.interpolate(real.mean(1, keepdim=True), size=first.shape[-2:], mode="bilinear",
                                      antialias=True, align_corners=False).expand(-1, first.shape[1], -1, -1)
-            columns["real"] = real.clamp(0, 1)
+            columns[reference_label] = real.clamp(0, 1)
         if len(columns) > 1:
             written["comparison"] = save_comparison_grid(columns, list(prompts[:COMPARISON_PROMPTS]), out / "grids" / "comparison.png")
     return written

@@ -66,12 +66,15 @@ def run_evaluation(models: dict, items: Sequence[dict], evaluators: Evaluators, 
     if out_dir is not None:
         out = Path(out_dir)
         references = reference_images(items)
-        info = {"evaluators": evaluators.describe(), "feature_extractor": getattr(feature_extractor, "name", None),
-                "prompt_ids": prompt_ids, **(extra or {})}
         every_item_has_image = references is not None and references.shape[0] == len(items)
+        reference_label = "phantom render" if e.source == "phantom" else "real"
+        info = {"evaluators": evaluators.describe(), "feature_extractor": getattr(feature_extractor, "name", None),
+                "prompt_ids": prompt_ids, "comparison_grid_columns": [*models, *([reference_label] * every_item_has_image)],
+                **(extra or {})}
         write_report(results, out, measured.samples, [item["prompt"] for item in items], extra=info,
                      references=references if every_item_has_image else None,
-                     grid_order=showcase_order(item_labels(items)))
+                     grid_order=showcase_order(item_labels(items)),
+                     reference_label=reference_label)
         if comparison is not None:
             (out / "comparison.json").write_text(json.dumps({"comparison": comparison, "bootstrap_resamples": e.bootstrap,
                                                              "seconds": round(seconds, 2)}, indent=2) + "\n")

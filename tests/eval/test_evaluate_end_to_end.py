@@ -104,6 +104,8 @@ def test_evaluate_command_on_phantom_world(tiny_generators, evaluator_root, tmp_
     assert tuned["evaluators"]["posture"].startswith(str(evaluator_root))
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["data"] == "phantom" and run_info["model_dirs"]["base"] == str(tiny_generators["base"])
+    # the third column of the comparison grid is the phantom world's render of the report, labelled so
+    assert run_info["comparison_grid_columns"] == ["base", "tuned", "phantom render"]
     assert len(run_info["prompt_ids"]) == 3 and all(i.startswith("phantom-test-") for i in run_info["prompt_ids"])
     table = (out / "results.md").read_text()
     assert "| base |" in table and "| tuned |" in table and "FID features: cxrl-diagnostic-evaluator" in table
