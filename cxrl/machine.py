@@ -1,0 +1,38 @@
+"""The machine yardstick a measured time is quoted with: single-thread fp32 1024³ matmul TFLOP/s.
+
+Shared machines differ ~2x in speed from one session to the next, so an absolute time (a demo run, an epoch)
+means little alone; measured at the start of the same run, this number lets a reader scale it (the docs'
+quiet reference machine reads 0.112)."""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+import torch
+
+
+def matmul_tflops(size: int = 1024, threads: int = 1, repeats: int = 7) -> float:
+    """Median TFLOP/s of ``repeats`` fp32 ``size``³ matrix products on the CPU with ``threads`` intra-op threads
+    (the caller's thread setting is restored)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
+        out = torch.empty(size, size)
+        torch.mm(a, b, out=out)   # warm-up: first-call allocation and dispatch
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            seconds.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+    return 2.0 * size ** 3 / statistics.median(seconds) / 1e12
+
+
+def yardstick() -> dict:
+    """What a run records beside its times (run.json): the matmul yardstick and where it was measured."""
+    return {"matmul_fp32_1024_1thread_tflops": round(matmul_tflops(), 4), "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}

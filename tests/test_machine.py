@@ -1,0 +1,16 @@
+"""The machine yardstick: a real measurement (positive, finite, of the right order for a CPU core), that leaves
+the caller's thread count as it found it."""
+import math
+
+import torch
+
+from cxrl.machine import matmul_tflops, yardstick
+
+
+def test_matmul_yardstick_measures_and_restores_threads():
+    before = torch.get_num_threads()
+    small = matmul_tflops(size=256, repeats=3)
+    assert math.isfinite(small) and 1e-4 < small < 50          # one CPU core: 0.01-5 TFLOP/s in practice
+    assert torch.get_num_threads() == before
+    record = yardstick()
+    assert record["matmul_fp32_1024_1thread_tflops"] > 0 and record["torch"] == torch.__version__
