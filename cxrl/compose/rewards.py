@@ -11,7 +11,7 @@ from typing import Callable, Mapping
 import torch
 
 from cxrl.config import REWARD_ENTRY_KEYS, Config, EvalConfig, RewardsConfig, SamplingConfig
-from cxrl.eval.evaluators import SHIPPED_REWARD_ROOT, Evaluators, load_evaluators
+from cxrl.eval.evaluators import EVALUATOR_KINDS, SHIPPED_REWARD_ROOT, Evaluators, load_evaluators
 from cxrl.eval.fid import ClassifierFeatures, XRVDenseNetFeatures
 from cxrl.rewards import AnchorScoreCache, RewardModel, RewardSuite, SeedBank, load_custom_reward, load_reward_model
 from cxrl.rewards.xrv_backend import xrv_weights_present
@@ -70,11 +70,11 @@ def forbidden_evaluator_dirs(rewards: RewardsConfig) -> tuple:
     return (SHIPPED_REWARD_ROOT, *(Path(e["path"]) for e in rewards.components if isinstance(e, dict) and e.get("path")))
 
 
-def build_evaluators(cfg: Config, device) -> Evaluators:
-    """The held-out evaluators of ``eval.evaluators`` / ``eval.evaluator_paths`` (default: the shipped ones),
-    refusing any reward model the run's ``rewards`` section optimises."""
+def build_evaluators(cfg: Config, device, kinds: tuple[str, ...] = EVALUATOR_KINDS) -> Evaluators:
+    """The held-out evaluators (``kinds`` of them) of ``eval.evaluators`` / ``eval.evaluator_paths`` (default: the
+    shipped ones), refusing any reward model the run's ``rewards`` section optimises."""
     e = cfg.eval
-    return load_evaluators(e.evaluators or None, dict(e.evaluator_paths), device=device,
+    return load_evaluators(e.evaluators or None, dict(e.evaluator_paths), kinds=kinds, device=device,
                            forbidden=forbidden_evaluator_dirs(cfg.rewards), xrv_cache_dir=e.xrv_cache_dir or None)
 
 

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 from cxrl.compose.models import build_generator, build_optimizer, build_policy, resolve_asset
+from cxrl.compose.monitor import build_monitor
 from cxrl.compose.rewards import build_reward_suite
 from cxrl.compose.sources import prompt_pool
 from cxrl.config import Config
@@ -55,6 +56,7 @@ def build_trainer(cfg: Config, pool: PromptPool | None = None, dist: DistContext
     anchor = FrozenAnchor(policy, cfg.sampling, dist.device, precision, unet_lock)
     suite = build_reward_suite(cfg.rewards, cfg.sampling, dist.device, anchor_sampler=anchor.images, anchor_hash=anchor_hash,
                                latent_shape=gen.latent_shape, seed=t.seed, cache_path=anchor_cache_path(cfg, out, dist))
+    monitor = build_monitor(cfg, gen, dist.device, precision) if dist.is_main else None
     parts = TrainerParts(policy=policy, optimizer=optimizer, updater=updater, tracker=tracker, suite=suite, anchor=anchor,
-                         pool=pool, logger=logger, unet_lock=unet_lock)
+                         pool=pool, logger=logger, unet_lock=unet_lock, monitor=monitor)
     return Trainer(cfg, parts, dist, out)

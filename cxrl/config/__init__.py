@@ -21,11 +21,11 @@ import yaml
 from cxrl.config import schema
 from cxrl.config.sections import (
     DATA_SOURCES, EVAL_SOURCES, REWARD_ENTRY_KEYS, SPLITS, CheckpointConfig, DataConfig, DistConfig, EvalConfig,
-    LogConfig, ModelConfig, PretrainConfig, RewardsConfig, RewardTrainingConfig, SamplingConfig, TrainConfig,
+    LogConfig, ModelConfig, MonitorConfig, PretrainConfig, RewardsConfig, RewardTrainingConfig, SamplingConfig, TrainConfig,
 )
 
 __all__ = [
-    "Config", "CheckpointConfig", "DataConfig", "DistConfig", "EvalConfig", "LogConfig", "ModelConfig", "PretrainConfig",
+    "Config", "CheckpointConfig", "DataConfig", "DistConfig", "EvalConfig", "LogConfig", "ModelConfig", "MonitorConfig", "PretrainConfig",
     "RewardTrainingConfig", "RewardsConfig", "SamplingConfig", "TrainConfig", "DATA_SOURCES", "EVAL_SOURCES",
     "REWARD_ENTRY_KEYS", "SPLITS", "all_keys", "apply_overrides", "from_dict", "load_config", "packaged_config_text",
     "section_from_dict", "to_dict", "to_yaml", "validate_section",
@@ -40,6 +40,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"doc": "PPO updates and optimizer"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "prompt source"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"doc": "held-out evaluation (base vs tuned)"})
+    monitor: MonitorConfig = field(default_factory=MonitorConfig, metadata={"doc": "reward-hacking monitor during training"})
     log: LogConfig = field(default_factory=LogConfig, metadata={"doc": "outputs"})
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"doc": "checkpoint and resume"})
     dist: DistConfig = field(default_factory=DistConfig, metadata={"doc": "torchrun data parallelism"})
@@ -65,6 +66,9 @@ class Config:
             if self.data.source in ("phantom", "iuxray") and self.eval.split == self.data.split:
                 raise ValueError(f"eval.split ({self.eval.split!r}) must differ from data.split: the evaluation prompts "
                                  "must be held out from the RL prompts")
+        if self.monitor.every and self.data.source in ("phantom", "iuxray") and self.monitor.split == self.data.split:
+            raise ValueError(f"monitor.split ({self.monitor.split!r}) must differ from data.split: the probe prompts "
+                             "must be held out from the RL prompts")
         _validate_reward_entries(self.rewards.components)
         for section in (self.pretrain, self.reward_training):
             _SECTION_CHECKS[type(section)](section)

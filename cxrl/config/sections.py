@@ -131,6 +131,19 @@ class EvalConfig:
 
 
 @dataclass
+class MonitorConfig:
+    every: int = opt(0, "reward-hacking monitor: every N epochs (and before the first update) sample the policy on a "
+                        "fixed probe set and score it with the held-out evaluators of the rewards that have one; 0 = off",
+                     lo=0)
+    split: str = opt("validate", "split of the probe prompts (eval.source's dataset; held out from data.split)",
+                     choices=list(SPLITS), renamed=SPLIT_RENAMES)
+    num_prompts: int = opt(16, "distinct probe prompts", lo=1)
+    samples_per_prompt: int = opt(2, "samples per probe prompt (fixed initial noises: probes are paired sample by sample)", lo=1)
+    seed: int = opt(4321, "seed of the probe prompts' choice and their initial noises", lo=0)
+    smoothing: int = opt(5, "epochs in the moving average drawn over the raw points of reward_curves.png", lo=1)
+
+
+@dataclass
 class LogConfig:
     output_dir: str = opt("runs/demo", "run directory: checkpoints, metrics.jsonl, plots, resolved config")
     progress: bool = opt(True, "tqdm progress bars")

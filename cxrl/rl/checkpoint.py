@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import logging
+import os
 import shutil
 from pathlib import Path
 

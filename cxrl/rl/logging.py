@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 import torch
-from matplotlib.figure import Figure   # no pyplot: a file is drawn without touching the user's backend
+from matplotlib.figure import Figure  # no pyplot: a file is drawn without touching the user's backend
 from tqdm.auto import tqdm
 
 
@@ -47,7 +47,12 @@ class MetricsLogger:
         kept = [line for line in self.path.read_text().splitlines() if line.strip() and _epoch_of(line) <= epoch]
         self.path.write_text("".join(line + "\n" for line in kept))
 
-    def log(self, epoch: int, metrics: dict) -> None:
+    def log_probe(self, epochs_trained: int, metrics: dict) -> None:
+        """A monitor probe as its own record: ``epoch`` is the last epoch trained before it (-1 for the baseline)."""
+        if metrics:
+            self.log(epochs_trained - 1, metrics, step=epochs_trained)
+
+    def log(self, epoch: int, metrics: dict, step: int | None = None) -> None:
         if not self.enabled:
             return
         record = {"epoch": epoch, **{k: _plain(v) for k, v in metrics.items()}}
@@ -56,7 +61,7 @@ class MetricsLogger:
         if self._tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "epoch":
-                    self._tb.add_scalar(k, v, epoch)
+                    self._tb.add_scalar(k, v, epoch if step is None else step)
             self._tb.flush()
 
     def progress(self, total: int, desc: str):
@@ -88,21 +93,43 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_reward_curves(metrics_path: str | Path, out_png: str | Path) -> Path:
-    """One panel per reward component (``reward/<name>``) plus the combined reward, against epoch."""
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over the last ``window`` points (fewer at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_reward_curves(metrics_path: str | Path, out_png: str | Path, smoothing: int = 5) -> Path:
+    """One panel per reward component (``reward/<name>/mean``) and the combined reward against epochs trained: the
+    raw per-epoch means faintly, their ``smoothing``-epoch moving average on top, and — where the reward-hacking
+    monitor ran — the held-out probe of that reward on a second axis (``probe/<name>``)."""
     records = read_metrics(metrics_path)
     keys = sorted({k for r in records for k in r if k.startswith("reward/") and k.endswith("/mean")})
     if not keys:
         raise ValueError(f"{metrics_path} has no 'reward/*/mean' metrics to plot")
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
-    fig = Figure(figsize=(4 * cols, 3 * rows))
+    fig = Figure(figsize=(4.5 * cols, 3.2 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        pts = [(r["epoch"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".")
-        ax.set_title(key.removeprefix("reward/").removesuffix("/mean"))
-        ax.set_xlabel("epoch")
+        name = key.removeprefix("reward/").removesuffix("/mean")
+        pts = [(r["epoch"] + 1, r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        ax.plot(xs, ys, color="tab:blue", alpha=0.3, marker=".", linewidth=0.8, label="per epoch")
+        ax.plot(xs, moving_average(ys, smoothing), color="tab:blue", linewidth=2, label=f"{smoothing}-epoch mean")
+        probe = [(r["probe/epochs_trained"], r[f"probe/{name}"]) for r in records if f"probe/{name}" in r]
+        if probe:
+            twin = ax.twinx()
+            twin.plot([p[0] for p in probe], [p[1] for p in probe], color="tab:orange", marker="o",
+                      label="held-out probe")
+            twin.set_ylabel("held-out probe", color="tab:orange")
+        ax.set_title(f"{name} (training reward)")
+        ax.set_xlabel("epochs trained")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")

@@ -27,6 +27,7 @@ from cxrl.rl import checkpoint as ckpt
 from cxrl.rl.anchor import FrozenAnchor
 from cxrl.rl.distributed import DistContext
 from cxrl.rl.logging import MetricsLogger, plot_reward_curves
+from cxrl.rl.monitor import ProbeMonitor
 from cxrl.rl.policy import Policy
 from cxrl.rl.ppo import kl_to_anchor
 from cxrl.rl.precision import autocast
@@ -77,6 +78,7 @@ class TrainerParts:
     pool: PromptPool
     logger: MetricsLogger
     unet_lock: threading.RLock      # the policy UNet is shared by the rollout and the anchor sampler
+    monitor: ProbeMonitor | None = None   # the reward-hacking monitor (monitor.every > 0 and a reward to watch)
 
 
 class Trainer:
@@ -89,6 +91,7 @@ class Trainer:
         self.optimizer, self.updater, self.tracker = parts.optimizer, parts.updater, parts.tracker
         self.suite, self.anchor, self.pool, self.logger = parts.suite, parts.anchor, parts.pool, parts.logger
         self._unet_lock = parts.unet_lock
+        self.monitor = parts.monitor if dist.is_main else None   # probes are rank 0's: no collective inside
         self._async_scorer = None
         self.epoch = 0   # the next epoch to run
 
@@ -230,8 +233,15 @@ class Trainer:
         with self.warnings_log():
             return self._run_epoch(epoch)
 
+    def _probe(self, epochs_trained: int) -> None:
+        if self.monitor is not None:
+            self.gen.unet.eval()
+            self.logger.log_probe(epochs_trained, self.monitor.step(epochs_trained, self.gen, self.policy.ace))
+
     def _run_epoch(self, epoch: int) -> dict:
         d = self.dist
+        if epoch == 0:
+            self._probe(0)   # the baseline every later probe is compared with
         with d.stage("draw prompts"):
             entries, seeds, local = self.draw_prompts(epoch)
         epoch_start = time.perf_counter()
@@ -264,6 +274,9 @@ class Trainer:
         if result.first_ratios:
             metrics["train/first_minibatch_ratio"] = result.first_ratios[0]
         self.logger.log(epoch, metrics)
+        if self.monitor is not None:
+            self.monitor.record_training(metrics)
+            self._probe(epoch + 1)
         every = self.cfg.log.sample_every
         if every and self.dist.is_main and (epoch + 1) % every == 0:
             k = min(self.cfg.log.sample_count, n)
@@ -288,7 +301,7 @@ class Trainer:
         self.close()
         if self.dist.is_main:
             self.suite.flush()
-            plot_reward_curves(self.logger.path, self.out / "reward_curves.png")
+            plot_reward_curves(self.logger.path, self.out / "reward_curves.png", self.cfg.monitor.smoothing)
         self.logger.close()
         return history
 
@@ -305,6 +318,8 @@ class Trainer:
                   "rng": rng_tensors, "tracker": self.tracker.state_dict()}
         if self.updater.ema is not None:
             groups["ema"] = self.updater.ema.state_dict()
+        if self.monitor is not None:
+            groups["monitor"] = self.monitor.state_dict()
         return groups
 
     def save_checkpoint(self) -> Path | None:
@@ -337,6 +352,8 @@ class Trainer:
             if "ema" not in groups:
                 raise ValueError("train.ema_decay > 0 but the checkpoint has no EMA state")
             self.updater.ema.load_state_dict(groups["ema"])
+        if self.monitor is not None and "monitor" in groups:
+            self.monitor.load_state_dict(groups["monitor"])
         restore_rng_state(groups["rng"], trainer["rng"])
         self.epoch = int(trainer["epoch"])
 

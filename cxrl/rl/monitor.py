@@ -1,0 +1,132 @@
+"""A reward-hacking monitor: the policy on a fixed probe set, scored by the held-out evaluators, beside the
+training rewards.
+
+The RL optimises reward models; a policy can learn to please one particular network without the images getting
+better. Every ``monitor.every`` epochs (and once before the first update) the trainer samples the policy on
+a fixed set of probe prompts from fixed initial noises and scores the samples with the held-out evaluator
+of each reward that has one (``posture``, ``diagnostic``, ``consistency``): ``probe/<reward>`` in
+metrics.jsonl and TensorBoard, plotted beside the training curve in reward_curves.png. Because the prompts
+and noises are fixed, two probes are paired sample by sample, so a change between them has a standard
+error; when a training reward rose over the epochs between two probes while its probe fell by more than two
+standard errors, the log warns.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from cxrl.config import SamplingConfig
+from cxrl.diffusion.rollout import sample_images
+from cxrl.eval.evaluators import Evaluators
+from cxrl.eval.metrics import batched_scores
+from cxrl.eval.scoring import item_labels
+from cxrl.rl.precision import autocast
+
+log = logging.getLogger(__name__)
+Z_WARN = 2.0   # a probe fall counts when it exceeds this many standard errors of the paired difference
+
+
+@dataclass
+class ProbeSet:
+    """The fixed probe: prompts, their labels, and one initial noise per sample (same every probe)."""
+
+    prompts: list[str]
+    labels: torch.Tensor          # [P * S, NUM_LABELS]
+    noise: torch.Tensor           # [P * S, *latent_shape]
+    seed: int
+
+
+@dataclass
+class ProbeMonitor:
+    """``kinds``: {reward name: evaluator kind} for the rewards with a held-out counterpart."""
+
+    probe: ProbeSet
+    evaluators: Evaluators
+    kinds: dict[str, str]
+    sampling: SamplingConfig
+    every: int
+    batch_size: int
+    autocast_dtype: torch.dtype | None = None
+    last: dict = field(default_factory=dict)   # {"epochs": n, "scores": {reward: [per-sample scores]}}
+    train_means: dict = field(default_factory=dict)   # {reward: [training reward mean per epoch since the last probe]}
+
+    def due(self, epochs_trained: int) -> bool:
+        return epochs_trained == 0 and not self.last or (epochs_trained > 0 and epochs_trained % self.every == 0)
+
+    @torch.no_grad()
+    def measure(self, gen, ace) -> dict[str, torch.Tensor]:
+        """Per-sample held-out scores ``{reward: [P * S] float64}`` of the policy (``gen`` + ``ace``) on the probe."""
+        p = self.probe
+        images = []
+        for begin in range(0, len(p.prompts), self.batch_size):
+            end = min(len(p.prompts), begin + self.batch_size)
+            generator = torch.Generator(device=gen.device).manual_seed(p.seed + begin)
+            with autocast(self.autocast_dtype):
+                images.append(sample_images(gen, p.prompts[begin:end], ace=ace, num_steps=self.sampling.num_steps,
+                                            guidance_scale=self.sampling.guidance_scale, eta=self.sampling.eta,
+                                            initial_noise=p.noise[begin:end].to(gen.device, gen.dtype),
+                                            generator=generator).float())
+        images = torch.cat(images)
+        metadata = [{"labels": p.labels[i]} for i in range(len(p.prompts))]
+        return {name: batched_scores(getattr(self.evaluators, kind), images, p.prompts, metadata, self.batch_size)
+                for name, kind in self.kinds.items()}
+
+    def record_training(self, metrics: dict) -> None:
+        for name in self.kinds:
+            value = metrics.get(f"reward/{name}/mean")
+            if value is not None:
+                self.train_means.setdefault(name, []).append(float(value))
+
+    def step(self, epochs_trained: int, gen, ace) -> dict:
+        """Probe if due; returns the metrics to log (``probe/<reward>``, its paired change since the last probe and
+        that change's standard error) and warns about training rewards that rose while their probe fell."""
+        if not self.due(epochs_trained):
+            return {}
+        scores = self.measure(gen, ace)
+        out = {"probe/epochs_trained": epochs_trained}
+        for name, values in scores.items():
+            out[f"probe/{name}"] = float(values.mean())
+            previous = self.last.get("scores", {}).get(name)
+            if previous is None:
+                continue
+            diff = values - torch.tensor(previous, dtype=torch.float64)
+            change, stderr = float(diff.mean()), float(diff.std() / math.sqrt(diff.numel()))
+            out[f"probe/{name}/change"], out[f"probe/{name}/change_stderr"] = change, stderr
+            trained = self.train_means.get(name, [])
+            rise = _trend(trained)
+            if rise is not None and rise > 0 and change < -Z_WARN * stderr:
+                out[f"probe/{name}/diverging"] = 1
+                log.warning("reward '%s' rose over epochs %d-%d (training mean %+.4g per epoch) while its held-out "
+                            "probe fell by %.4g (%.1f standard errors, %d paired samples): the policy may be pleasing "
+                            "the reward model rather than getting better", name, self.last["epochs"], epochs_trained - 1,
+                            rise, -change, -change / max(stderr, 1e-12), diff.numel())
+        self.last = {"epochs": epochs_trained, "scores": {k: v.tolist() for k, v in scores.items()}}
+        self.train_means = {}
+        return out
+
+    def state_dict(self) -> dict:
+        return {"last": self.last, "train_means": self.train_means}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last, self.train_means = dict(state.get("last") or {}), dict(state.get("train_means") or {})
+
+
+def _trend(values: list[float]) -> float | None:
+    """Least-squares slope per epoch of the training reward means between two probes (None: too few)."""
+    if len(values) < 2:
+        return None
+    n = len(values)
+    xs = [i - (n - 1) / 2 for i in range(n)]
+    mean = sum(values) / n
+    return sum(x * (v - mean) for x, v in zip(xs, values)) / sum(x * x for x in xs)
+
+
+def probe_set(items: list[dict], samples_per_prompt: int, latent_shape, seed: int) -> ProbeSet:
+    """``samples_per_prompt`` samples of each item's prompt, from noises drawn once from ``seed``."""
+    prompts = [item["prompt"] for item in items for _ in range(samples_per_prompt)]
+    labels = item_labels(items).repeat_interleave(samples_per_prompt, dim=0)
+    noise = torch.randn(len(prompts), *latent_shape, generator=torch.Generator().manual_seed(int(seed)))
+    return ProbeSet(prompts, labels, noise, int(seed))
