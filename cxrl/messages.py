@@ -49,7 +49,7 @@ def warnings_file(path: str | Path):
     """Also append cxrl's warnings and errors to ``path`` while the block runs (a run's warnings.log)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = logging.FileHandler(path, encoding="utf-8", delay=True)   # no empty file when nothing is said
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger(ROOT)
