@@ -37,7 +37,7 @@ FLAG_KEYS = {
     "fid_features": ("eval.fid_features", None), "xrv_weights": ("eval.xrv_weights", None),
     "xrv_cache_dir": ("eval.xrv_cache_dir", None), "resolution": ("eval.resolution", None),
     "data_root": ("data.path", None), "images_dir": ("data.path", None), "reports_root": ("data.reports_path", None),
-    "bootstrap": ("eval.bootstrap", None),
+    "bootstrap": ("eval.bootstrap", None), "cache_dir": ("eval.cache_dir", None),
 }
 
 
@@ -70,6 +70,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--xrv-weights", help="torchxrayvision DenseNet-121 weights for FID (default densenet121-res224-all)")
     parser.add_argument("--xrv-cache-dir", help="torchxrayvision weights cache (default ~/.torchxrayvision/models_data)")
     parser.add_argument("--resolution", type=int, help="reference image size (default: the model's output size)")
+    parser.add_argument("--cache-dir", help="also write each model's evaluation to this cache (eval.cache_dir); a later "
+                        "evaluation of the same weights under the same protocol reuses it")
+    parser.add_argument("--no-cache", action="store_true", help="evaluate every model afresh (eval.use_cache=false)")
     parser.add_argument("--out", type=Path, default=Path("eval"), help="output directory (default ./eval)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
 
@@ -85,6 +88,8 @@ def evaluation_config(args):
             overrides.append(f"{key}={value}")
     paths = {k: getattr(args, f"{k}_evaluator") for k in ("posture", "diagnostic", "consistency")
              if getattr(args, f"{k}_evaluator") is not None}
+    if args.no_cache:
+        overrides.append("eval.use_cache=false")
     cfg = load_config(args.config or None, overrides)
     cfg.eval.evaluator_paths.update(paths)
     return cfg

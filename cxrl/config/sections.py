@@ -126,6 +126,10 @@ class EvalConfig:
                                  "negative held-out prompts (1 = every label with both classes; both are reported)", lo=1)
     bootstrap: int = opt(1000, "bootstrap resamples of the prompts for the tuned-minus-base confidence intervals (0 = none)", lo=0)
     output_subdir: str = opt("eval", "where the evaluation goes, relative to log.output_dir")
+    use_cache: bool = opt(True, "reuse a cached evaluation of a model when everything it depends on is unchanged (content-"
+                          "hashed: weights, evaluators, items, settings, scoring version, torch, device); the demo ships "
+                          "its base model's")
+    cache_dir: str = opt("", "also write each model's evaluation to this cache directory ('' = read only)")
     torch_threads: int = opt(0, "intra-op CPU threads for the evaluation (0 = as in training, train.torch_threads); "
                                "it samples with no scorer thread beside it, so it can use more cores than training", lo=0)
 

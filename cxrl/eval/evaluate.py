@@ -8,6 +8,7 @@ section. :func:`cxrl.eval.run.run_evaluation` puts this together with the paired
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -15,9 +16,12 @@ import torch
 
 from cxrl.config import EvalConfig, SamplingConfig
 from cxrl.diffusion.rollout import sample_images
+from cxrl.eval.cache import EvaluationCache, evaluation_key
 from cxrl.eval.evaluators import Evaluators
 from cxrl.eval.fid import extract_features
 from cxrl.eval.scoring import SampleScores, reference_images, score_samples
+
+log = logging.getLogger(__name__)
 
 
 def sampling_record(e: EvalConfig, s: SamplingConfig) -> dict:
@@ -69,10 +73,11 @@ class ModelEvaluation:
 
 
 def evaluate_models(models: dict, items: Sequence[dict], evaluators: Evaluators, feature_extractor, e: EvalConfig,
-                    s: SamplingConfig, aces: dict | None = None) -> ModelEvaluation:
+                    s: SamplingConfig, aces: dict | None = None, cache: EvaluationCache | None = None) -> ModelEvaluation:
     """Sample and score ``models`` (``{name: Generator}``, e.g. ``{"base": anchor, "tuned": policy}``) on ``items``
     (dataset items: ``prompt``, ``labels``, and ``image`` when a real reference exists); ``aces[name]``: ACE tokens
-    to condition that model with. FID compares with the items' images through ``feature_extractor`` (None: no FID)."""
+    to condition that model with. FID compares with the items' images through ``feature_extractor`` (None: no FID).
+    ``cache``: a model whose evaluation is cached under its content key is not sampled again (and new ones are put)."""
     if not models:
         raise ValueError("evaluate_models: no models given")
     if not items:
@@ -91,6 +96,13 @@ def evaluate_models(models: dict, items: Sequence[dict], evaluators: Evaluators,
     out = ModelEvaluation({}, {}, {})
     shared_noise: dict[tuple, torch.Tensor] = {}
     for name, gen in models.items():
+        cache_key = evaluation_key(gen, aces.get(name), items, evaluators, feature_extractor, e, s) if cache else None
+        hit = cache.get(cache_key) if cache else None
+        if hit is not None:
+            log.info("evaluation of '%s' taken from the cache (key %s: same weights, evaluators, items and settings)",
+                     name, cache_key)
+            out.results[name], out.scores[name], out.samples[name] = hit.results, hit.scores, hit.samples
+            continue
         key = tuple(gen.latent_shape)
         if key not in shared_noise:  # one x_T set per latent shape: identical across same-shape models
             shared_noise[key] = initial_noise(key, len(prompts) * e.samples_per_prompt, e.seed)
@@ -100,4 +112,6 @@ def evaluate_models(models: dict, items: Sequence[dict], evaluators: Evaluators,
         metrics["ace"] = aces.get(name) is not None
         metrics["sampling"] = sampling_record(e, s)
         out.results[name] = metrics
+        if cache is not None:
+            cache.put(cache_key, metrics, out.scores[name], out.samples[name], note={"model": name})
     return out

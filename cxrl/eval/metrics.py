@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from cxrl.eval.auroc import MacroAUROC, binary_auroc, macro_auroc
-from cxrl.eval.fid import fid_from_features, frechet_distance, feature_statistics
+from cxrl.eval.fid import feature_statistics, fid_from_features, frechet_distance
 from cxrl.eval.ms_ssim import DiversityResult, ms_ssim, ms_ssim_diversity, ssim
 
 __all__ = [

@@ -13,6 +13,7 @@ from typing import Sequence
 
 from cxrl.config import EvalConfig, SamplingConfig
 from cxrl.eval.auroc import supported_label_columns
+from cxrl.eval.cache import SHIPPED_CACHE, EvaluationCache
 from cxrl.eval.compare import comparison_markdown, improved, paired_bootstrap
 from cxrl.eval.evaluate import evaluate_models
 from cxrl.eval.evaluators import Evaluators
@@ -50,7 +51,8 @@ def run_evaluation(models: dict, items: Sequence[dict], evaluators: Evaluators, 
     log.info("evaluation: %s on %d held-out prompts x %d samples, scored by the held-out evaluators (%s), "
              "not the reward models", " vs ".join(models), len(items), e.samples_per_prompt,
              ", ".join(evaluators.describe().values()))
-    measured = evaluate_models(models, items, evaluators, feature_extractor, e, s, aces=aces)
+    cache = EvaluationCache([SHIPPED_CACHE], e.cache_dir or None) if e.use_cache else None
+    measured = evaluate_models(models, items, evaluators, feature_extractor, e, s, aces=aces, cache=cache)
     results = measured.results
     comparison = None
     if "base" in measured.scores and "tuned" in measured.scores:
