@@ -55,7 +55,7 @@ def build_trainer(cfg: Config, pool: PromptPool | None = None, dist: DistContext
     unet_lock = threading.RLock()
     anchor = FrozenAnchor(policy, cfg.sampling, dist.device, precision, unet_lock)
     suite = build_reward_suite(cfg.rewards, cfg.sampling, dist.device, anchor_sampler=anchor.images, anchor_hash=anchor_hash,
-                               latent_shape=gen.latent_shape, seed=t.seed, cache_path=anchor_cache_path(cfg, out, dist))
+                               latent_shape=gen.latent_shape, seed=cfg.rewards.seed_bank_seed, cache_path=anchor_cache_path(cfg, out, dist))
     monitor = build_monitor(cfg, gen, dist.device, precision) if dist.is_main else None
     parts = TrainerParts(policy=policy, optimizer=optimizer, updater=updater, tracker=tracker, suite=suite, anchor=anchor,
                          pool=pool, logger=logger, unet_lock=unet_lock, monitor=monitor)

@@ -55,6 +55,8 @@ class RewardsConfig:
                         "and initial noise); 'direct' = raw scores (the w/o-RLCF ablation)", choices=["comparative", "direct"])
     anchor_cache: str = opt("", "anchor-score cache file (JSON); '' puts it at <output>/anchor_cache.json")
     seed_bank_size: int = opt(4, "initial-noise seeds kept per prompt (the anchor cache hits across epochs)", lo=1)
+    seed_bank_seed: int = opt(0, "seed of the seed bank (apart from train.seed, so that every training seed draws its "
+                              "initial noises — and hits cached anchor scores — from the same bank)", lo=0)
     overlap: bool = opt(True, "score each rollout chunk on a worker thread (own CUDA stream) while the next chunk is "
                         "sampled; the rewards are identical either way")
 

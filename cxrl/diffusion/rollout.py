@@ -49,11 +49,16 @@ class LogProbDetails:
 
 
 def _as_generator(generator, device: torch.device):
+    """None, a torch.Generator, a list of them (one per sample: each sample's noise is then its own, whatever
+    else is in the batch), or an int seed."""
     if generator is None or isinstance(generator, torch.Generator):
         return generator
+    if isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator):
+        return list(generator)
     if isinstance(generator, int) and not isinstance(generator, bool):
         return torch.Generator(device=device).manual_seed(generator)
-    raise ValueError(f"generator: expected a torch.Generator, an int seed or None, got {type(generator).__name__}")
+    raise ValueError(f"generator: expected a torch.Generator, a list of them, an int seed or None, "
+                     f"got {type(generator).__name__}")
 
 
 def _check_embeds(gen, prompt_embeds: torch.Tensor) -> None:
@@ -124,6 +129,8 @@ def rollout(gen, prompt_embeds: torch.Tensor, store=None, start: int = 0, *, ace
     if store is not None:
         _check_store(store, batch, start, num_steps, gen.latent_shape)
     generator = _as_generator(generator, device)
+    if isinstance(generator, list) and len(generator) != batch:
+        raise ValueError(f"generator: {len(generator)} generators for a batch of {batch} (one per sample)")
 
     if initial_noise is None:
         initial_noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
@@ -182,8 +189,9 @@ def sample_images(gen, prompts, *, ace=None, negative_embeds=None, num_steps: in
         if negative is not None and negative.shape[0] == total:
             negative = negative[begin:end]
         noise = initial_noise[begin:end] if initial_noise is not None else None
+        chunk_generator = generator[begin:end] if isinstance(generator, list) else generator
         out = rollout(gen, embeds[begin:end], ace=ace, negative_embeds=negative, num_steps=num_steps,
-                      guidance_scale=guidance_scale, eta=eta, initial_noise=noise, generator=generator)
+                      guidance_scale=guidance_scale, eta=eta, initial_noise=noise, generator=chunk_generator)
         images.append(out.images)
     return torch.cat(images)
 

@@ -16,6 +16,12 @@ from cxrl.rl.precision import autocast
 from cxrl.rl.seeding import torch_generator
 
 
+def noise_seed(noise: torch.Tensor) -> int:
+    """A 63-bit seed from an initial noise's bytes: the anchor's step noise for that sample."""
+    digest = hashlib.sha256(noise.detach().float().cpu().contiguous().numpy().tobytes()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 class FrozenAnchor:
     def __init__(self, policy: Policy, sampling: SamplingConfig, device: torch.device,
                  autocast_dtype: torch.dtype | None, unet_lock: threading.RLock):
@@ -23,19 +29,19 @@ class FrozenAnchor:
         self.autocast_dtype, self.unet_lock = autocast_dtype, unet_lock
 
     def images(self, prompts: list[str], initial_noise: torch.Tensor) -> torch.Tensor:
-        """The anchor's images from the policy's initial noise, in chunks of ``sampling.batch_size``.
-        Each chunk's step noise is seeded from its own initial noise, so an anchor image (and its cached
-        score) depends on its inputs only, not on the epoch, the rank or what else was sampled."""
+        """The anchor's images from the policy's initial noise, in chunks of ``sampling.batch_size``. Each sample's
+        step noise comes from a generator seeded by its own initial noise, so an anchor image (and its cached
+        score) depends on its prompt and noise only — not on the epoch, the rank, or which other samples
+        shared its batch (up to the last bits of batched arithmetic)."""
         s = self.sampling
         images = []
         with self.unet_lock, self.policy.lora_disabled(), autocast(self.autocast_dtype):
             for begin in range(0, len(prompts), s.batch_size):
                 noise = initial_noise[begin:begin + s.batch_size]
-                digest = hashlib.sha256(noise.detach().float().cpu().numpy().tobytes()).digest()
-                rng = torch_generator(int.from_bytes(digest[:8], "little") >> 1, self.device)
+                generators = [torch_generator(noise_seed(row), self.device) for row in noise]
                 images.append(sample_images(self.policy.anchor_generator(), prompts[begin:begin + s.batch_size],
                                             num_steps=s.num_steps, guidance_scale=s.guidance_scale, eta=s.eta,
-                                            initial_noise=noise, generator=rng))
+                                            initial_noise=noise, generator=generators))
         return torch.cat(images)
 
     @torch.no_grad()
