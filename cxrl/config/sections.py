@@ -80,6 +80,10 @@ class TrainConfig:
     clip_range: float = opt(1e-4, "PPO clip epsilon of the importance ratio", lo=0.0, lo_open=True)
     adv_clip: float = opt(5.0, "advantages are clipped to +-adv_clip", lo=0.0, lo_open=True)
     advantage: str = opt("per_prompt", "advantage normalisation", choices=["per_prompt", "group"])
+    reward_normalization: str = opt("none", "'components': divide each reward component by its std over the epoch's "
+                                    "samples before the weighted sum, so rewards.components weights are relative "
+                                    "importances whatever each reward's scale; 'none': the weighted sum of raw rewards",
+                                    choices=["none", "components"])
     advantage_window: int = opt(32, "per_prompt: rewards kept per prompt", lo=1)
     advantage_min_count: int = opt(16, "per_prompt: below this many rewards a prompt uses the batch statistics", lo=1)
     kl_beta: float = opt(0.0, "weight of the KL penalty to the anchor, beta*|mu_theta - mu_anchor|^2/(2 sigma_t^2); 0 disables", lo=0.0)

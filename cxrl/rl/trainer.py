@@ -47,6 +47,15 @@ def concat_reward_outputs(outputs: list) -> RewardOutput:
                                        for f in ("components", "combined", "valid", "policy_scores")), anchor)
 
 
+def normalized_combination(components: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor,
+                           eps: float = 1e-6) -> torch.Tensor:
+    """Σ_k w_k r_k / σ_k over the valid samples (σ_k: component k's std over them), 0 for invalid samples: each
+    weight then says how much its reward counts, whatever that reward's scale."""
+    scale = components[valid].std(dim=0, unbiased=False) + eps if bool(valid.any()) else torch.ones(components.shape[1])
+    combined = (components / scale * weights.to(components)).sum(dim=1)
+    return torch.where(valid, combined, torch.zeros_like(combined))
+
+
 @dataclasses.dataclass
 class EpochBatch:
     """This rank's share of one epoch: prompts, metadata, seeds and the filled trajectory store."""
@@ -191,6 +200,8 @@ class Trainer:
         combined = self.dist.all_gather_cat(reward_out.combined.float().cpu())
         components = self.dist.all_gather_cat(reward_out.components.float().cpu())
         valid = self.dist.all_gather_cat(reward_out.valid.to(torch.uint8).cpu()).bool()
+        if self.cfg.train.reward_normalization == "components":
+            combined = normalized_combination(components, self.suite.weights, valid)
         adv = self.tracker.compute([e["prompt"] for e in global_entries], combined)
         adv = torch.where(valid, adv, torch.zeros_like(adv))   # invalid samples do not move the policy
         stats = {"reward/combined/mean": combined.mean(), "reward/combined/std": combined.std(unbiased=False),

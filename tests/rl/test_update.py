@@ -60,3 +60,18 @@ def test_optimizer_steps_group_exactly_the_planned_minibatches(num_steps, fracti
             expected.append(trained * sum(sizes[g:g + accumulation]))
     assert seen_per_step == expected
     assert weight.grad is None   # nothing left over to leak into the next epoch
+
+
+def test_normalized_combination_divides_each_component_by_its_std():
+    from cxrl.rl.trainer import normalized_combination
+
+    components = torch.tensor([[1.0, 10.0], [3.0, 30.0], [5.0, 20.0], [float("nan"), 0.0]])
+    valid = torch.tensor([True, True, True, False])
+    weights = torch.tensor([2.0, 1.0])
+    got = normalized_combination(torch.nan_to_num(components), weights, valid)
+    std0, std1 = torch.tensor([1.0, 3.0, 5.0]).std(unbiased=False), torch.tensor([10.0, 30.0, 20.0]).std(unbiased=False)
+    expected = torch.tensor([2 * 1 / std0 + 10 / std1, 2 * 3 / std0 + 30 / std1, 2 * 5 / std0 + 20 / std1, 0.0])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # scaling a component by any factor changes nothing: the weights alone set how much each reward counts
+    rescaled = torch.nan_to_num(components) * torch.tensor([1000.0, 0.01])
+    torch.testing.assert_close(normalized_combination(rescaled, weights, valid), got, rtol=1e-4, atol=1e-4)
