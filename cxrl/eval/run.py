@@ -67,7 +67,8 @@ def run_evaluation(models: dict, items: Sequence[dict], evaluators: Evaluators, 
         out = Path(out_dir)
         references = reference_images(items)
         info = {"evaluators": evaluators.describe(), "feature_extractor": getattr(feature_extractor, "name", None),
-                "prompt_ids": prompt_ids, **(extra or {})}
+                "feature_extractor_reason": getattr(feature_extractor, "reason", "") or None,
+                "fid_features_setting": e.fid_features, "prompt_ids": prompt_ids, **(extra or {})}
         every_item_has_image = references is not None and references.shape[0] == len(items)
         write_report(results, out, measured.samples, [item["prompt"] for item in items], extra=info,
                      references=references if every_item_has_image else None,
