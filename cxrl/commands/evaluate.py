@@ -18,14 +18,14 @@ prompts (phantom renders, MIMIC JPGs, Open-i PNGs with ``--images-dir``).
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 
-from cxrl.compose import evaluation_inputs, resolve_asset
+from cxrl.compose import build_generator, evaluation_inputs, resolve_asset
 from cxrl.config import EVAL_SOURCES, load_config
 from cxrl.diffusion.ace import load_ace
-from cxrl.diffusion.generator import load_generator
 from cxrl.eval.run import run_evaluation
 
 # flag -> (config key, the default when no --config is given)
@@ -37,7 +37,7 @@ FLAG_KEYS = {
     "fid_features": ("eval.fid_features", None), "xrv_weights": ("eval.xrv_weights", None),
     "xrv_cache_dir": ("eval.xrv_cache_dir", None), "resolution": ("eval.resolution", None),
     "data_root": ("data.path", None), "images_dir": ("data.path", None), "reports_root": ("data.reports_path", None),
-    "bootstrap": ("eval.bootstrap", None),
+    "bootstrap": ("eval.bootstrap", None), "dtype": ("model.dtype", None),
 }
 
 
@@ -70,6 +70,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--xrv-weights", help="torchxrayvision DenseNet-121 weights for FID (default densenet121-res224-all)")
     parser.add_argument("--xrv-cache-dir", help="torchxrayvision weights cache (default ~/.torchxrayvision/models_data)")
     parser.add_argument("--resolution", type=int, help="reference image size (default: the model's output size)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                        help="dtype the models are loaded in (model.dtype; default float32, or the --config's)")
     parser.add_argument("--out", type=Path, default=Path("eval"), help="output directory (default ./eval)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
 
@@ -90,14 +92,16 @@ def evaluation_config(args):
     return cfg
 
 
-def load_models(args) -> tuple[dict, dict]:
-    """``({"base": anchor, "tuned": policy}, {"tuned": ace})``; the anchor never gets ACE tokens."""
+def load_models(args, cfg) -> tuple[dict, dict]:
+    """``({"base": anchor, "tuned": policy}, {"tuned": ace})``; the anchor never gets ACE tokens. The generators are
+    loaded as a run loads them (``model.dtype``, ``model.attention``), the ACE tokens in float32 as a run trains
+    them, so ``--config RUN/config.yaml`` evaluates what the run's end-of-run evaluation did."""
+    device = torch.device(args.device)
     models, aces = {}, {}
     if args.baseline is not None:
-        models["base"] = load_generator(resolve_asset(args.baseline), device=args.device)
-    tuned_dir = resolve_asset(args.model)
-    models["tuned"] = load_generator(tuned_dir, device=args.device)
-    ace = None if args.no_ace else load_ace(tuned_dir, device=args.device, dtype=models["tuned"].dtype)
+        models["base"] = build_generator(dataclasses.replace(cfg.model, path=str(args.baseline)), device)
+    models["tuned"] = build_generator(dataclasses.replace(cfg.model, path=str(args.model)), device)
+    ace = None if args.no_ace else load_ace(resolve_asset(args.model), device=device, dtype=torch.float32)
     if ace is not None:
         aces["tuned"] = ace
     return models, aces
@@ -105,7 +109,7 @@ def load_models(args) -> tuple[dict, dict]:
 
 def run(args) -> int:
     cfg = evaluation_config(args)
-    models, aces = load_models(args)
+    models, aces = load_models(args, cfg)
     inputs = evaluation_inputs(cfg, models["tuned"].resolution[0], args.device)
     model_dirs = {"tuned": str(args.model), **({"base": str(args.baseline)} if args.baseline is not None else {})}
     extra = {"data": cfg.eval.source, "split": cfg.eval.split, "model_dirs": model_dirs}
