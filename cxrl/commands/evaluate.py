@@ -2,6 +2,8 @@
 
     cxrl evaluate --model runs/demo/final --baseline asset:base --data phantom --n-prompts 64 --out eval/
     cxrl evaluate --model runs/demo/final --baseline asset:base --config runs/demo/config.yaml   # as the run did
+    cxrl evaluate --model RUN/final --baseline /models/roentgen --data mimic --data-root ROOT --reports-root REPORTS \
+        --evaluators /models/cxrl-evaluators-mimic      # MIMIC: evaluators trained on MIMIC (docs/paper_run.md)
 
 Samples every model from the same initial noise (4 per prompt), scores them with the held-out evaluators
 (``cxrl/assets/evaluators/`` unless overridden — never the reward models the RL optimised), compares tuned
@@ -10,10 +12,11 @@ model), ``run.json``, ``results.md`` (the paper's Tables 1–2 layout), ``compar
 It is the same path as ``cxrl train``'s end-of-run evaluation (:func:`cxrl.eval.run.run_evaluation`).
 
 Settings come from the ``eval`` and ``sampling`` sections of ``--config`` (a run's config.yaml reproduces its
-evaluation); flags override them. Without ``--config`` the defaults are those listed in each flag's help.
+evaluation: the models are loaded in its ``model.dtype`` with its ``model.attention``); flags override them.
+A MIMIC evaluation refuses the shipped evaluators (trained on phantom renders): pass MIMIC-trained ones. Without ``--config`` the defaults are those listed in each flag's help.
 FID features (``--fid-features``): ``auto`` = the diagnostic evaluator's own features on the phantom
 world, torchxrayvision DenseNet-121 ``features2`` on IU X-ray / MIMIC when its weights are in the cache
-(else the evaluator's, and the log says so); the reference set is the real images of the same held-out
+(else the evaluator's; metrics.json, run.json and results.md say which and why); the reference set is the real images of the same held-out
 prompts (phantom renders, MIMIC JPGs, Open-i PNGs with ``--images-dir``).
 """
 from __future__ import annotations
