@@ -95,7 +95,7 @@ def _validate_evaluation(e: EvalConfig, d: DataConfig) -> None:
             raise ValueError("eval.source 'mimic' reads the MIMIC-CXR-JPG root from data.path, which is empty")
         missing = [kind for kind in EVALUATOR_KINDS if kind not in e.evaluator_paths]
         if missing and not e.evaluators:
-            raise phantom_evaluators_refused(missing[0], "eval.evaluators is empty: cxrl/assets/evaluators")
+            raise phantom_evaluators_refused(missing[0], "cxrl/assets/evaluators, the default of an empty eval.evaluators")
 
 
 def _validate_reward_entries(components: list) -> None:
