@@ -2,6 +2,8 @@
 
     cxrl evaluate --model runs/demo/final --baseline asset:base --data phantom --n-prompts 64 --out eval/
     cxrl evaluate --model runs/demo/final --baseline asset:base --config runs/demo/config.yaml   # as the run did
+    cxrl evaluate --model RUN/final --baseline /models/roentgen --data mimic --data-root ROOT --reports-root REPORTS \
+        --evaluators /models/cxrl-evaluators-mimic      # MIMIC: evaluators trained on MIMIC (docs/paper_run.md)
 
 Samples every model from the same initial noise (4 per prompt), scores them with the held-out evaluators
 (``cxrl/assets/evaluators/`` unless overridden — never the reward models the RL optimised), compares tuned
@@ -10,22 +12,23 @@ model), ``run.json``, ``results.md`` (the paper's Tables 1–2 layout), ``compar
 It is the same path as ``cxrl train``'s end-of-run evaluation (:func:`cxrl.eval.run.run_evaluation`).
 
 Settings come from the ``eval`` and ``sampling`` sections of ``--config`` (a run's config.yaml reproduces its
-evaluation); flags override them. Without ``--config`` the defaults are those listed in each flag's help.
+evaluation: the models are loaded in its ``model.dtype`` with its ``model.attention``); flags override them.
+A MIMIC evaluation refuses the shipped evaluators (trained on phantom renders): pass MIMIC-trained ones. Without ``--config`` the defaults are those listed in each flag's help.
 FID features (``--fid-features``): ``auto`` = the diagnostic evaluator's own features on the phantom
 world, torchxrayvision DenseNet-121 ``features2`` on IU X-ray / MIMIC when its weights are in the cache
-(else the evaluator's, and the log says so); the reference set is the real images of the same held-out
+(else the evaluator's; metrics.json, run.json and results.md say which and why); the reference set is the real images of the same held-out
 prompts (phantom renders, MIMIC JPGs, Open-i PNGs with ``--images-dir``).
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 
-from cxrl.compose import evaluation_inputs, resolve_asset
+from cxrl.compose import build_generator, evaluation_inputs, resolve_asset
 from cxrl.config import EVAL_SOURCES, load_config
 from cxrl.diffusion.ace import load_ace
-from cxrl.diffusion.generator import load_generator
 from cxrl.eval.run import run_evaluation
 
 # flag -> (config key, the default when no --config is given)
@@ -37,7 +40,7 @@ FLAG_KEYS = {
     "fid_features": ("eval.fid_features", None), "xrv_weights": ("eval.xrv_weights", None),
     "xrv_cache_dir": ("eval.xrv_cache_dir", None), "resolution": ("eval.resolution", None),
     "data_root": ("data.path", None), "images_dir": ("data.path", None), "reports_root": ("data.reports_path", None),
-    "bootstrap": ("eval.bootstrap", None), "cache_dir": ("eval.cache_dir", None),
+    "bootstrap": ("eval.bootstrap", None), "cache_dir": ("eval.cache_dir", None), "dtype": ("model.dtype", None),
 }
 
 
@@ -73,6 +76,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cache-dir", help="also write each model's evaluation to this cache (eval.cache_dir); a later "
                         "evaluation of the same weights under the same protocol reuses it")
     parser.add_argument("--no-cache", action="store_true", help="evaluate every model afresh (eval.use_cache=false)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                        help="dtype the models are loaded in (model.dtype; default float32, or the --config's)")
     parser.add_argument("--out", type=Path, default=Path("eval"), help="output directory (default ./eval)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
 
@@ -95,14 +100,16 @@ def evaluation_config(args):
     return cfg
 
 
-def load_models(args) -> tuple[dict, dict]:
-    """``({"base": anchor, "tuned": policy}, {"tuned": ace})``; the anchor never gets ACE tokens."""
+def load_models(args, cfg) -> tuple[dict, dict]:
+    """``({"base": anchor, "tuned": policy}, {"tuned": ace})``; the anchor never gets ACE tokens. The generators are
+    loaded as a run loads them (``model.dtype``, ``model.attention``), the ACE tokens in float32 as a run trains
+    them, so ``--config RUN/config.yaml`` evaluates what the run's end-of-run evaluation did."""
+    device = torch.device(args.device)
     models, aces = {}, {}
     if args.baseline is not None:
-        models["base"] = load_generator(resolve_asset(args.baseline), device=args.device)
-    tuned_dir = resolve_asset(args.model)
-    models["tuned"] = load_generator(tuned_dir, device=args.device)
-    ace = None if args.no_ace else load_ace(tuned_dir, device=args.device, dtype=models["tuned"].dtype)
+        models["base"] = build_generator(dataclasses.replace(cfg.model, path=str(args.baseline)), device)
+    models["tuned"] = build_generator(dataclasses.replace(cfg.model, path=str(args.model)), device)
+    ace = None if args.no_ace else load_ace(resolve_asset(args.model), device=device, dtype=torch.float32)
     if ace is not None:
         aces["tuned"] = ace
     return models, aces
@@ -110,7 +117,7 @@ def load_models(args) -> tuple[dict, dict]:
 
 def run(args) -> int:
     cfg = evaluation_config(args)
-    models, aces = load_models(args)
+    models, aces = load_models(args, cfg)
     inputs = evaluation_inputs(cfg, models["tuned"].resolution[0], args.device)
     model_dirs = {"tuned": str(args.model), **({"base": str(args.baseline)} if args.baseline is not None else {})}
     extra = {"data": cfg.eval.source, "split": cfg.eval.split, "model_dirs": model_dirs}

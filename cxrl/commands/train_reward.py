@@ -6,6 +6,11 @@ model also writes its tokenizer into ``--out/tokenizer``. Training settings are 
 section of the configuration (``--config FILE`` and ``reward_training.KEY=VALUE`` overrides; ``--epochs``,
 ``--batch-size``, ``--lr`` and ``--seed`` are shortcuts for its most used keys). docs/rewards.md lists the
 exact commands that produced the shipped weights.
+
+On MIMIC-CXR-JPG (``--data mimic --mimic-root ROOT``) the train split is halved by a stable hash of the study id
+(``--report-subset reward|evaluator|all``): the reward models the RL optimises train on one half, their held-out
+evaluators on the other. With ``--reports-root`` the prompts are the report prompts the RL draws
+(``data.reports_path``); the consistency model requires it.
 """
 from __future__ import annotations
 
@@ -37,13 +42,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output directory (model.safetensors + config.json)")
     parser.add_argument("--seed", type=int, default=None, help="= reward_training.seed (init, batches, augmentations)")
     parser.add_argument("--report-subset", choices=("reward", "evaluator", "all"), default="reward",
-                        help="phantom: which half of the IU X-ray train reports (evaluators use the other half)")
+                        help="which half of the train reports (phantom: by IU X-ray report id; mimic: by study id): "
+                             "reward models train on 'reward', their held-out evaluators on 'evaluator'")
     parser.add_argument("--phantom-seed", type=int, default=0, help="phantom: base seed of the renders")
     parser.add_argument("--renders-per-report", type=int, default=4, help="phantom: images rendered per report")
     parser.add_argument("--resolution", type=int, default=64, help="image size the model works at")
     parser.add_argument("--max-items", type=int, default=None, help="cap the number of training images")
     parser.add_argument("--data-cache", default=None, help="safetensors file caching the rendered/read training set")
     parser.add_argument("--mimic-root", default=None, help="mimic: MIMIC-CXR-JPG root directory")
+    parser.add_argument("--reports-root", default=None,
+                        help="mimic: the MIMIC-CXR reports root (files/pXX/...); prompts are then the report prompts the "
+                             "RL draws (data.reports_path); required for consistency")
+    parser.add_argument("--cache-dir", default=None,
+                        help="mimic: the image cache `cxrl data prepare --cache-dir` wrote (default ~/.cache/cxrl/mimic)")
     parser.add_argument("--epochs", type=int, default=None, help="= reward_training.epochs")
     parser.add_argument("--batch-size", type=int, default=None, help="= reward_training.batch_size")
     parser.add_argument("--lr", type=float, default=None, help="= reward_training.learning_rate")
@@ -62,12 +73,19 @@ def training_section(args):
 
 def _load_data(args) -> dict:
     if args.data == "phantom":
+        stray = [flag for flag in ("mimic_root", "reports_root", "cache_dir") if getattr(args, flag)]
+        if stray:
+            raise ValueError(f"--{stray[0].replace('_', '-')} is for --data mimic (the phantom world renders its own images)")
         expected = {"source": "phantom", "subset": args.report_subset, "phantom_seed": args.phantom_seed,
                     "renders_per_report": args.renders_per_report, "resolution": args.resolution}
     else:
         if not args.mimic_root:
             raise ValueError("--data mimic needs --mimic-root DIR (the MIMIC-CXR-JPG root)")
-        expected = {"source": "mimic", "root": str(args.mimic_root), "resolution": args.resolution}
+        if args.kind == "consistency" and not args.reports_root:
+            raise ValueError("cxrl train-reward consistency --data mimic needs --reports-root DIR (the MIMIC-CXR reports): the "
+                             "model must learn from the report prompts the RL draws, not from sentences written from the labels")
+        expected = {"source": "mimic", "root": str(args.mimic_root), "resolution": args.resolution,
+                    "subset": args.report_subset, "reports_root": str(args.reports_root) if args.reports_root else None}
     if args.data_cache:
         data = load_training_set(args.data_cache, expected)
         if data is not None and (args.max_items is None or data["meta"]["n"] >= args.max_items):
@@ -76,7 +94,8 @@ def _load_data(args) -> dict:
     if args.data == "phantom":
         data = phantom_training_set(args.report_subset, args.phantom_seed, args.renders_per_report, args.resolution, args.max_items)
     else:
-        data = mimic_training_set(args.mimic_root, "train", args.resolution, args.max_items)
+        data = mimic_training_set(args.mimic_root, "train", args.resolution, args.max_items, reports_root=args.reports_root,
+                                  subset=args.report_subset, cache_dir=args.cache_dir)
     log.info("training set: %s", json.dumps(data["meta"]))
     if args.data_cache:
         save_training_set(data, args.data_cache)

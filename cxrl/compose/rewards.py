@@ -10,8 +10,9 @@ from typing import Callable, Mapping
 
 import torch
 
-from cxrl.config import REWARD_ENTRY_KEYS, Config, EvalConfig, RewardsConfig, SamplingConfig
-from cxrl.eval.evaluators import EVALUATOR_KINDS, SHIPPED_REWARD_ROOT, Evaluators, load_evaluators
+from cxrl.config import (EVALUATOR_KINDS, REWARD_ENTRY_KEYS, Config, EvalConfig, RewardsConfig, SamplingConfig,
+                         phantom_evaluators_refused)
+from cxrl.eval.evaluators import DEFAULT_EVALUATOR_ROOT, SHIPPED_REWARD_ROOT, XRV_PREFIX, Evaluators, load_evaluators
 from cxrl.eval.fid import ClassifierFeatures, XRVDenseNetFeatures
 from cxrl.rewards import AnchorScoreCache, RewardModel, RewardSuite, SeedBank, load_custom_reward, load_reward_model
 from cxrl.rewards.xrv_backend import xrv_weights_present
@@ -72,40 +73,67 @@ def forbidden_evaluator_dirs(rewards: RewardsConfig) -> tuple:
 
 def build_evaluators(cfg: Config, device, kinds: tuple[str, ...] = EVALUATOR_KINDS) -> Evaluators:
     """The held-out evaluators (``kinds`` of them) of ``eval.evaluators`` / ``eval.evaluator_paths`` (default: the
-    shipped ones), refusing any reward model the run's ``rewards`` section optimises."""
+    shipped ones), refusing any reward model the run's ``rewards`` section optimises, and for ``eval.source: mimic``
+    the shipped phantom-world evaluators (MIMIC runs are judged by evaluators trained on MIMIC's evaluator half)."""
     e = cfg.eval
+    if e.source == "mimic":
+        _refuse_phantom_evaluators(e)
     return load_evaluators(e.evaluators or None, dict(e.evaluator_paths), kinds=kinds, device=device,
                            forbidden=forbidden_evaluator_dirs(cfg.rewards), xrv_cache_dir=e.xrv_cache_dir or None)
 
 
+def _refuse_phantom_evaluators(e: EvalConfig) -> None:
+    """A MIMIC evaluation judged by the shipped evaluators (trained on phantom renders) would measure nothing."""
+    root = Path(e.evaluators).expanduser() if e.evaluators else DEFAULT_EVALUATOR_ROOT
+    shipped = DEFAULT_EVALUATOR_ROOT.resolve()
+    for kind in EVALUATOR_KINDS:
+        spec = str(e.evaluator_paths.get(kind, root / kind))
+        if spec.startswith(XRV_PREFIX):
+            continue
+        directory = Path(spec).expanduser().resolve()
+        if directory == shipped or shipped in directory.parents:
+            raise phantom_evaluators_refused(kind, str(directory))
+
+
+def fid_features_choice(e: EvalConfig, *, has_references: bool) -> tuple[str, str]:
+    """Which FID features ``eval.fid_features`` resolves to (``xrv`` | ``evaluator`` | ``none``) and why, in words
+    that go into the evaluation report."""
+    if e.fid_features != "auto":
+        return e.fid_features, f"eval.fid_features={e.fid_features}"
+    if not has_references:
+        return "none", "eval.fid_features=auto: the held-out prompts have no reference images"
+    if e.source == "phantom":
+        return "evaluator", "eval.fid_features=auto on the phantom world: the diagnostic evaluator's features"
+    where = e.xrv_cache_dir or "torchxrayvision's default cache"
+    if xrv_weights_present(e.xrv_weights, e.xrv_cache_dir or None):
+        return "xrv", f"eval.fid_features=auto on real CXRs: torchxrayvision weights '{e.xrv_weights}' found in {where}"
+    return "evaluator", (f"eval.fid_features=auto on real CXRs: torchxrayvision weights '{e.xrv_weights}' are not in the "
+                         f"cache ({where}), so the diagnostic evaluator's features are used (eval.fid_features=xrv with "
+                         "eval.xrv_cache_dir to insist)")
+
+
 def fid_extractor(e: EvalConfig, evaluators: Evaluators | None, *, has_references: bool, device="cpu"):
-    """The FID feature extractor of ``eval.fid_features``, or None when FID is not computed.
+    """The FID feature extractor of ``eval.fid_features``, or None when FID is not computed; its ``reason`` says why
+    it was chosen (logged, and recorded in metrics.json and results.md).
 
     ``evaluator`` = the diagnostic evaluator's own features; ``xrv`` = torchxrayvision DenseNet-121 ``features2``
     (weights must be in ``eval.xrv_cache_dir``: missing is an error, never a silent switch); ``none``; ``auto`` =
     the evaluator's features on the phantom world, torchxrayvision's on real CXRs when its weights are on disk
-    (else the evaluator's, and the log says so), and None without a reference set."""
-    choice = e.fid_features
-    if choice == "auto":
-        if not has_references:
-            return None
-        choice = "evaluator"
-        if e.source != "phantom":
-            if xrv_weights_present(e.xrv_weights, e.xrv_cache_dir or None):
-                choice = "xrv"
-            else:
-                log.info("FID features: torchxrayvision weights '%s' are not in the cache, so the diagnostic "
-                         "evaluator's features are used (eval.fid_features=xrv with eval.xrv_cache_dir to insist)",
-                         e.xrv_weights)
+    (else the evaluator's, and the report says so), and None without a reference set."""
+    choice, reason = fid_features_choice(e, has_references=has_references)
+    log.info("FID features: %s", reason)
     if choice == "none":
         return None
     if choice == "xrv":
-        return XRVDenseNetFeatures(e.xrv_weights, cache_dir=e.xrv_cache_dir or None, device=device)
-    if evaluators is None or evaluators.diagnostic is None:
-        raise ValueError("FID feature extractor 'evaluator' needs the diagnostic evaluator")
-    digest = evaluators.digests.get("diagnostic", "")
-    if digest.startswith("xrv-"):  # a torchxrayvision diagnostic evaluator: its DenseNet features2
-        name = f"{digest}/features2"
+        extractor = XRVDenseNetFeatures(e.xrv_weights, cache_dir=e.xrv_cache_dir or None, device=device)
     else:
-        name = "cxrl-diagnostic-evaluator/features" + (f" (sha256 {digest})" if digest else "")
-    return ClassifierFeatures(evaluators.diagnostic, name=name)
+        if evaluators is None or evaluators.diagnostic is None:
+            raise ValueError("FID feature extractor 'evaluator' needs the diagnostic evaluator")
+        digest = evaluators.digests.get("diagnostic", "")
+        if digest.startswith("xrv-"):  # a torchxrayvision diagnostic evaluator: its DenseNet features2
+            name = f"{digest}/features2"
+        else:
+            name = "cxrl-diagnostic-evaluator/features" + (f" (sha256 {digest})" if digest else "")
+        extractor = ClassifierFeatures(evaluators.diagnostic, name=name)
+    extractor.reason = reason
+    return extractor

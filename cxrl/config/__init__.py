@@ -27,8 +27,8 @@ from cxrl.config.sections import (
 __all__ = [
     "Config", "CheckpointConfig", "DataConfig", "DistConfig", "EvalConfig", "LogConfig", "ModelConfig", "MonitorConfig", "PretrainConfig",
     "RewardTrainingConfig", "RewardsConfig", "SamplingConfig", "TrainConfig", "DATA_SOURCES", "EVAL_SOURCES",
-    "REWARD_ENTRY_KEYS", "SPLITS", "all_keys", "apply_overrides", "from_dict", "load_config", "packaged_config_text",
-    "section_from_dict", "to_dict", "to_yaml", "validate_section",
+    "EVALUATOR_KINDS", "REWARD_ENTRY_KEYS", "SPLITS", "all_keys", "apply_overrides", "from_dict", "load_config",
+    "packaged_config_text", "phantom_evaluators_refused", "section_from_dict", "to_dict", "to_yaml", "validate_section",
 ]
 
 
@@ -58,14 +58,7 @@ class Config:
         if t.advantage == "group" and s.group_size < 2:
             raise ValueError("train.advantage 'group' needs sampling.group_size >= 2 (images per prompt per epoch)")
         if self.eval.enabled:
-            if self.data.source == "mimic":
-                raise ValueError("eval.enabled evaluates on the phantom world's held-out IU X-ray reports with the phantom "
-                                 "evaluators; a data.source 'mimic' run needs `cxrl evaluate --data mimic` (set eval.enabled=false)")
-            if self.eval.num_prompts == 1:
-                raise ValueError("eval.num_prompts must be 0 (every distinct prompt of eval.split) or >= 2")
-            if self.data.source in ("phantom", "iuxray") and self.eval.split == self.data.split:
-                raise ValueError(f"eval.split ({self.eval.split!r}) must differ from data.split: the evaluation prompts "
-                                 "must be held out from the RL prompts")
+            _validate_evaluation(self.eval, self.data)
         if self.monitor.every and self.data.source in ("phantom", "iuxray") and self.monitor.split == self.data.split:
             raise ValueError(f"monitor.split ({self.monitor.split!r}) must differ from data.split: the probe prompts "
                              "must be held out from the RL prompts")
@@ -73,6 +66,40 @@ class Config:
         for section in (self.pretrain, self.reward_training):
             _SECTION_CHECKS[type(section)](section)
         return self
+
+
+EVALUATOR_KINDS = ("posture", "diagnostic", "consistency")
+
+
+def phantom_evaluators_refused(kind: str, where: str) -> ValueError:
+    """The one-line error for a MIMIC evaluation that would be judged by the phantom world's evaluators."""
+    return ValueError(
+        f"eval.source 'mimic': the {kind} evaluator would be the phantom world's ({where}), trained on renders, not "
+        f"MIMIC-CXR; train MIMIC evaluators on the other half of the reports (`cxrl train-reward {kind} --data mimic "
+        f"--mimic-root ROOT --reports-root REPORTS --report-subset evaluator --out DIR/{kind}` for each of "
+        f"{', '.join(EVALUATOR_KINDS)}) and set eval.evaluators=DIR (cxrl evaluate --evaluators DIR)")
+
+
+def _validate_evaluation(e: EvalConfig, d: DataConfig) -> None:
+    """An end-of-run evaluation (``eval.enabled``) that can run: held-out prompts, and for MIMIC its root and
+    MIMIC-trained evaluators (checked here so that a run fails before training, not after)."""
+    if e.num_prompts == 1:
+        raise ValueError("eval.num_prompts must be 0 (every distinct prompt of eval.split) or >= 2")
+    iu_reports = ("phantom", "iuxray")   # the phantom world renders the IU X-ray reports: one prompt set
+    same_reports = (d.source in iu_reports and e.source in iu_reports) or d.source == e.source == "mimic"
+    if same_reports and e.split == d.split:
+        raise ValueError(f"eval.split ({e.split!r}) must differ from data.split: the evaluation prompts "
+                         "must be held out from the RL prompts")
+    if d.source == "mimic" and e.source != "mimic":
+        raise ValueError(f"data.source 'mimic' with eval.source {e.source!r}: a MIMIC run is evaluated on MIMIC's held-out "
+                         "reports by MIMIC-trained evaluators (eval.source=mimic, eval.evaluators=DIR), or not at the end "
+                         "of the run (eval.enabled=false; later `cxrl evaluate --data mimic`)")
+    if e.source == "mimic":
+        if not d.path:
+            raise ValueError("eval.source 'mimic' reads the MIMIC-CXR-JPG root from data.path, which is empty")
+        missing = [kind for kind in EVALUATOR_KINDS if kind not in e.evaluator_paths]
+        if missing and not e.evaluators:
+            raise phantom_evaluators_refused(missing[0], "cxrl/assets/evaluators, the default of an empty eval.evaluators")
 
 
 def _validate_reward_entries(components: list) -> None:

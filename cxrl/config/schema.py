@@ -68,8 +68,9 @@ def check_value(key: str, tp, meta, value):
     base = typing.get_origin(tp) or tp
     if base is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)  # `data.path=2024` parses as an int but means the name
-    if base is str and isinstance(value, bool) and {"on", "off"} <= set(meta.get("choices") or ()):
-        value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans: `log.tensorboard=off`
+    if base is str and isinstance(value, bool):  # YAML 1.1 reads on/off, yes/no as booleans: `log.tensorboard=off`
+        spelled = [word for word in (("on", "yes") if value else ("off", "no")) if word in (meta.get("choices") or ())]
+        value = spelled[0] if len(spelled) == 1 else value   # `train.mixed_precision=no`
     if base is list and isinstance(value, tuple):
         value = list(value)
     if base is bool and not isinstance(value, bool):

@@ -13,9 +13,9 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxrl.config import EVALUATOR_KINDS
 from cxrl.rewards.loading import load_reward_model
 
-EVALUATOR_KINDS = ("posture", "diagnostic", "consistency")
 DEFAULT_EVALUATOR_ROOT = Path(__file__).resolve().parent.parent / "assets" / "evaluators"
 # the shipped *reward* models the RL optimises by default: refused as evaluators
 SHIPPED_REWARD_ROOT = Path(__file__).resolve().parent.parent / "assets" / "rewards"

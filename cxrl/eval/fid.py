@@ -94,6 +94,7 @@ class XRVDenseNetFeatures:
     """
     input_size = 224
     dim = 1024
+    reason = ""   # why it was chosen (cxrl.compose.rewards.fid_extractor sets it; the report records it)
 
     def __init__(self, weights: str = XRV_DEFAULT_WEIGHTS, cache_dir: str | None = None, device: str | torch.device = "cpu"):
         import torchxrayvision as xrv  # heavy (skimage, pandas): only when these features are asked for
@@ -123,6 +124,8 @@ class XRVDenseNetFeatures:
 class ClassifierFeatures:
     """Features from a model's ``features(images [B,C,H,W] in [0,1]) -> [B, D]`` (e.g. the phantom
     world's held-out diagnostic evaluator). ``name`` identifies the network in the results."""
+
+    reason = ""   # why it was chosen (cxrl.compose.rewards.fid_extractor sets it; the report records it)
 
     def __init__(self, model, name: str):
         if not callable(getattr(model, "features", None)):

@@ -3,7 +3,8 @@
 Layout of ``out_dir``::
 
     metrics.json          {name: metrics} — one object per model: posture, auroc, consistency, fid,
-                          ms_ssim, n_prompts, feature_extractor, evaluators, sampling, details
+                          ms_ssim, n_prompts, feature_extractor (+ feature_extractor_reason: why those
+                          features), evaluators, sampling, details
     run.json              what was evaluated: data, split, model dirs, prompt ids, ... (``extra``)
     results.md            Markdown table (r_align ↑, AUROC ↑, sim ↑, FID ↓, MS-SSIM ↓) + notes
     grids/<name>.png      first prompts x all samples of each model, captioned with the prompt
@@ -42,7 +43,8 @@ def table_notes(results: dict[str, dict]) -> list[str]:
     for kind, source in (first.get("evaluators") or {}).items():
         notes.append(f"{kind} evaluator: {source}")
     notes.append(f"FID features: {first.get('feature_extractor') or 'none'}"
-                 + (f" vs {first['fid_reference_images']} reference images" if first.get("fid_reference_images") else ""))
+                 + (f" vs {first['fid_reference_images']} reference images" if first.get("fid_reference_images") else "")
+                 + (f" ({first['feature_extractor_reason']})" if first.get("feature_extractor_reason") else ""))
     if first.get("ms_ssim_scales"):
         notes.append(f"MS-SSIM: {first['ms_ssim_scales']} scales (weights {first.get('ms_ssim_weights')}), "
                      f"{first.get('samples_per_prompt')} samples per prompt, all pairs")

@@ -71,8 +71,9 @@ def run_evaluation(models: dict, items: Sequence[dict], evaluators: Evaluators, 
         every_item_has_image = references is not None and references.shape[0] == len(items)
         reference_label = "phantom render" if e.source == "phantom" else "real"
         info = {"evaluators": evaluators.describe(), "feature_extractor": getattr(feature_extractor, "name", None),
-                "prompt_ids": prompt_ids, "comparison_grid_columns": [*models, *([reference_label] * every_item_has_image)],
-                **(extra or {})}
+                "feature_extractor_reason": getattr(feature_extractor, "reason", "") or None,
+                "fid_features_setting": e.fid_features, "prompt_ids": prompt_ids,
+                "comparison_grid_columns": [*models, *([reference_label] * every_item_has_image)], **(extra or {})}
         write_report(results, out, measured.samples, [item["prompt"] for item in items], extra=info,
                      references=references if every_item_has_image else None,
                      grid_order=showcase_order(item_labels(items)),

@@ -113,6 +113,8 @@ def score_samples(samples: torch.Tensor, items: Sequence[dict], evaluators: Eval
         notes.append("MS-SSIM needs >= 2 samples per prompt")
 
     result["feature_extractor"] = getattr(feature_extractor, "name", None)
+    if getattr(feature_extractor, "reason", ""):
+        result["feature_extractor_reason"] = feature_extractor.reason
     if feature_extractor is None:
         result["fid"] = None
         notes.append("FID: no feature extractor chosen")

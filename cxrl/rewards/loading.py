@@ -43,7 +43,9 @@ def load_reward_model(name: str, path=None, *, backend: str = "own", device="cpu
     """A built-in reward model, frozen, on ``device``.
 
     backend "own": the project's model from ``path`` (default: the shipped weights).
-    diagnostic backend "xrv": torchxrayvision weights by name (``weights=``, ``cache_dir=``; see xrv_backend).
+    diagnostic backend "xrv": torchxrayvision's own architecture with weights by name (``weights=``, default
+    densenet121-res224-all) from a local directory (``path`` or ``cache_dir=``; default torchxrayvision's cache;
+    nothing is downloaded; see xrv_backend).
     consistency backend "clip": a transformers CLIP-style model directory ``path`` (``tokenizer=`` optional).
     Extra kwargs go to the reward (e.g. posture ``weights=``, ``name=``, ``comparative=``).
     """
@@ -53,6 +55,11 @@ def load_reward_model(name: str, path=None, *, backend: str = "own", device="cpu
         raise ValueError(f"reward '{name}': unknown backend {backend!r}; choose from {BACKENDS[name]}")
     if name == "diagnostic" and backend == "xrv":
         xrv_args = {k: kwargs.pop(k) for k in ("weights", "cache_dir") if k in kwargs}
+        if path is not None:   # a config entry's path: the local directory holding torchxrayvision's weight file
+            if xrv_args.get("cache_dir") is not None and Path(xrv_args["cache_dir"]) != Path(path):
+                raise ValueError(f"reward 'diagnostic' backend 'xrv': path {path} and cache_dir {xrv_args['cache_dir']} "
+                                 "both name the weights directory; give one")
+            xrv_args["cache_dir"] = path
         model = DiagnosticReward(XRVClassifier.from_weights(**xrv_args), **kwargs)
     elif name == "consistency" and backend == "clip":
         if path is None:

@@ -5,7 +5,8 @@ stable hash of the report id — ``subset="reward"`` trains the reward models th
 ``subset="evaluator"`` trains the held-out evaluators that judge it (``"all"`` uses both). Each report is
 rendered ``renders_per_report`` times in canonical posture (ψ = identity) with seeds derived from
 (phantom_seed, report id, k); posture variation is added by the training augmentations.
-MIMIC-CXR-JPG: the first ``limit`` items of ``cxrl.data.MimicCXR(root, split)``.
+MIMIC-CXR-JPG: the items of ``cxrl.data.MimicCXR(root, split)``, halved the same way by a stable hash of the
+study id, with the prompts the RL draws from the reports (``reports_root``).
 """
 from __future__ import annotations
 
@@ -64,19 +65,41 @@ def phantom_training_set(subset: str = "reward", phantom_seed: int = 0, renders_
             "prompts": prompts, "meta": meta}
 
 
-def mimic_training_set(root, split: str = "train", resolution: int = 64, limit: int | None = 20000) -> dict:
-    ds = MimicCXR(root, split=split, resolution=resolution)
-    images, labels, prompts = [], [], []
-    for i in range(len(ds) if limit is None else min(limit, len(ds))):
+def mimic_training_set(root, split: str = "train", resolution: int = 64, limit: int | None = 20000, *,
+                       reports_root=None, subset: str = "all", cache_dir=None) -> dict:
+    """MIMIC-CXR-JPG items of ``split`` (frontal views), at most ``limit`` images, as
+    {"images": float16 [N,1,R,R] in [0,1], "labels": float32 [N,14], "prompts": list[str], "meta": dict}.
+
+    ``reports_root``: the MIMIC-CXR reports tree; the prompts are then the ones the RL prompt pool draws
+    (:meth:`MimicCXR.prompt_entry`, the same reader and prompt builder as ``data.reports_path``), otherwise they
+    are written from the labels. ``subset``: the study-id half, as :func:`report_subset_of` halves the phantom
+    world's reports — "reward" for the models the RL optimises, "evaluator" for the held-out evaluators, "all".
+    ``cache_dir``: where ``cxrl data prepare`` cached the decoded images (default ``~/.cache/cxrl/mimic``).
+    Unreadable images are skipped (the reader would stand the next readable image in for them)."""
+    if subset not in SUBSETS:
+        raise ValueError(f"report subset must be one of {SUBSETS}, got {subset!r}")
+    ds = MimicCXR(root, split=split, resolution=resolution, reports_root=reports_root, cache_dir=cache_dir)
+    ids = ds.ids()
+    images, labels, prompts, studies = [], [], [], set()
+    for i in range(len(ds)):
+        study = ds.records[i][2]
+        if subset != "all" and report_subset_of(study) != subset:
+            continue
+        if limit is not None and len(images) >= limit:
+            break
         item = ds[i]
-        if item.get("image") is None:
+        if item["id"] != ids[i]:   # image i is unreadable: the reader handed over a later item instead
             continue
         images.append(item["image"].float().reshape(1, resolution, resolution))
         labels.append(item["labels"])
         prompts.append(item["prompt"])
+        studies.add(study)
     if not images:
-        raise ValueError(f"MIMIC-CXR at {root}: no readable images in split {split!r}")
-    meta = {"source": "mimic", "root": str(root), "split": split, "resolution": resolution, "n": len(images)}
+        raise ValueError(f"MIMIC-CXR at {root}: no readable images in split {split!r} (report subset {subset!r})")
+    meta = {"source": "mimic", "root": str(root), "split": split, "resolution": resolution, "subset": subset,
+            "reports_root": str(reports_root) if reports_root is not None else None,
+            "prompts_from": "reports" if reports_root is not None else "labels", "n": len(images),
+            "n_studies": len(studies), "n_prompts": len(set(prompts)), "data_issues": dict(ds.issues.counts)}
     return {"images": torch.stack(images).clamp(0, 1).half(), "labels": torch.stack(labels), "prompts": prompts, "meta": meta}
 
 

@@ -107,7 +107,7 @@ def _eval_section(**values):
     return apply_overrides(Config(), [f"eval.{k}={v}" for k, v in values.items()]).eval
 
 
-def test_fid_extractor_choices(evaluator_root, tmp_path, caplog):
+def test_fid_extractor_choices(evaluator_root, tmp_path, caplog, make_items):
     from cxrl.eval.evaluators import Evaluators
 
     evaluators = load_evaluators(evaluator_root, kinds=("diagnostic",))
@@ -124,9 +124,33 @@ def test_fid_extractor_choices(evaluator_root, tmp_path, caplog):
     real = fid_extractor(_eval_section(source="mimic", xrv_cache_dir=tmp_path / "empty"), evaluators, has_references=True)
     assert real.name.startswith("cxrl-diagnostic-evaluator/features")
     assert "torchxrayvision weights 'densenet121-res224-all' are not in the cache" in caplog.text
+    assert real.reason.startswith("eval.fid_features=auto on real CXRs: torchxrayvision weights 'densenet121-res224-all' "
+                                  f"are not in the cache ({tmp_path / 'empty'})")
+    assert auto.reason == "eval.fid_features=auto on the phantom world: the diagnostic evaluator's features"
+    # the report carries the reason: metrics.json per model and the results.md notes
+    result, _ = score_samples(torch.rand(2, 2, 1, 32, 32), make_items(2), evaluators, real,
+                              reference_features=torch.randn(3, 16), batch_size=4)
+    assert result["feature_extractor_reason"] == real.reason
+    write_report({"tuned": result}, tmp_path / "report")
+    assert f"({real.reason})" in (tmp_path / "report" / "results.md").read_text()
     with pytest.raises(FileNotFoundError, match="xrv-densenet121-res224-all"):   # asked for explicitly: an error
         fid_extractor(_eval_section(source="mimic", fid_features="xrv", xrv_cache_dir=tmp_path / "empty"), evaluators,
                       has_references=True)
+
+
+def test_mimic_evaluation_refuses_the_phantom_evaluators(evaluator_root):
+    from cxrl.compose import build_evaluators
+    from cxrl.eval.evaluators import DEFAULT_EVALUATOR_ROOT
+
+    mimic = ["eval.source=mimic", "data.path=/data/mimic"]
+    shipped_diagnostic = f"eval.evaluator_paths.diagnostic={DEFAULT_EVALUATOR_ROOT / 'diagnostic'}"
+    for how in ([f"eval.evaluators={DEFAULT_EVALUATOR_ROOT}"], [f"eval.evaluators={evaluator_root}", shipped_diagnostic]):
+        with pytest.raises(ValueError, match=r"evaluator would be the phantom world's .*cxrl train-reward \w+ --data mimic"):
+            build_evaluators(apply_overrides(Config(), mimic + how), "cpu")
+    loaded = build_evaluators(apply_overrides(Config(), [*mimic, f"eval.evaluators={evaluator_root}"]), "cpu")
+    assert set(loaded.describe()) == {"posture", "diagnostic", "consistency"}
+    # the phantom world itself keeps its shipped evaluators
+    assert build_evaluators(apply_overrides(Config(), [f"eval.evaluators={DEFAULT_EVALUATOR_ROOT}"]), "cpu").posture is not None
 
 
 def test_xrv_diagnostic_evaluator_scores_only_mapped_labels(tmp_path, make_items):

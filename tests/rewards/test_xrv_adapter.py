@@ -82,6 +82,11 @@ def test_missing_weights_error_names_file_folder_and_url(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing downloaded or created
     with pytest.raises(ValueError, match="unknown weights"):
         load_reward_model("diagnostic", backend="xrv", weights="densenet121-res224-nope", cache_dir=tmp_path)
+    # a config entry's `path` is the weights directory: the same error names it; path and cache_dir must agree
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "mine")):
+        load_reward_model("diagnostic", tmp_path / "mine", backend="xrv")
+    with pytest.raises(ValueError, match="give one"):
+        load_reward_model("diagnostic", tmp_path / "mine", backend="xrv", cache_dir=tmp_path / "other")
 
 
 def test_masked_bce_reference():
