@@ -38,6 +38,10 @@ from cxrl.trajectory import AdvantageTracker, TrajectoryStore
 log = logging.getLogger(__name__)
 
 
+class AllRewardsInvalid(ValueError):
+    """Every sample of an epoch has a non-finite reward: the run cannot learn anything and stops."""
+
+
 def concat_reward_outputs(outputs: list) -> RewardOutput:
     """One :class:`~cxrl.rewards.RewardOutput` from per-chunk outputs (in order)."""
     first = outputs[0]
@@ -91,6 +95,8 @@ class Trainer:
         self._unet_lock = parts.unet_lock
         self._async_scorer = None
         self.epoch = 0   # the next epoch to run
+        self.run_id: str | None = None   # the run this trainer continues (run.json); written into every checkpoint
+        self.on_checkpoint = None        # rank 0 calls it with each new checkpoint's path (cxrl train: run.json)
 
     # -- stages -----------------------------------------------------------------------------------
 
@@ -188,15 +194,30 @@ class Trainer:
         combined = self.dist.all_gather_cat(reward_out.combined.float().cpu())
         components = self.dist.all_gather_cat(reward_out.components.float().cpu())
         valid = self.dist.all_gather_cat(reward_out.valid.to(torch.uint8).cpu()).bool()
+        if not bool(valid.any()):
+            raise AllRewardsInvalid(self._invalid_message(global_entries[local], reward_out, len(valid)))
+        invalid_fraction = float((~valid).float().mean())
+        if invalid_fraction >= 0.5 and self.dist.is_main:
+            log.warning("%d of %d samples of this epoch have a non-finite reward and do not move the policy",
+                        int((~valid).sum()), len(valid))
         adv = self.tracker.compute([e["prompt"] for e in global_entries], combined)
         adv = torch.where(valid, adv, torch.zeros_like(adv))   # invalid samples do not move the policy
-        stats = {"reward/combined/mean": combined.mean(), "reward/combined/std": combined.std(unbiased=False),
+        stats = {"reward/invalid_fraction": invalid_fraction,
+                 "reward/combined/mean": combined.mean(), "reward/combined/std": combined.std(unbiased=False),
                  "advantage/mean": adv.mean(), "advantage/std": adv.std(unbiased=False),
                  "advantage/abs_max": adv.abs().max(), "reward/invalid_samples": int((~valid).sum())}
         for k, name in enumerate(self.suite.names):
             stats[f"reward/{name}/mean"] = components[:, k].mean()
             stats[f"reward/{name}/std"] = components[:, k].std(unbiased=False)
         return adv[local], stats
+
+    def _invalid_message(self, entries: list[dict], reward_out, total: int) -> str:
+        bad = self.suite.nonfinite(reward_out)
+        per_reward = [f"'{name}' on {int(bad[:, k].sum())}" for k, name in enumerate(self.suite.names) if bad[:, k].any()]
+        example = entries[int(bad.any(dim=1).nonzero()[0])]["prompt"][:80] if bad.any() else "?"
+        return (f"every one of the {total} samples of this epoch has a non-finite reward (reward {', '.join(per_reward)} "
+                f"sample(s); e.g. prompt {example!r}): there is nothing to train on, so the run stops without "
+                "saving a model; fix the reward (strict: true in its entry fails at the first bad value)")
 
     def update(self, epoch: int, batch: EpochBatch):
         s, ace = self.cfg.sampling, self.policy.ace
@@ -288,7 +309,10 @@ class Trainer:
         self.close()
         if self.dist.is_main:
             self.suite.flush()
-            plot_reward_curves(self.logger.path, self.out / "reward_curves.png")
+            try:   # a picture of the metrics: never a reason to lose the trained model
+                plot_reward_curves(self.logger.path, self.out / "reward_curves.png")
+            except (ValueError, OSError) as err:
+                log.warning("reward curves not drawn: %s", err)
         self.logger.close()
         return history
 
@@ -298,7 +322,7 @@ class Trainer:
         rng_tensors, rng_json = capture_rng_state()
         weights = {k: v.detach() for k, v in self.policy.named_trainable().items()}
         cache = self.suite.cache
-        trainer = {"epoch": self.epoch, "updater": self.updater.state_dict(), "rng": rng_json,
+        trainer = {"epoch": self.epoch, "run_id": self.run_id, "updater": self.updater.state_dict(), "rng": rng_json,
                    "anchor_cache": {"path": str(cache.path), "namespace": cache.namespace, "entries": len(cache)}
                    if cache is not None else None}
         groups = {"weights": weights, "optimizer": self.optimizer.state_dict(), "trainer": trainer,
@@ -316,6 +340,8 @@ class Trainer:
                 root = self.out / "checkpoints"
                 path = ckpt.save_checkpoint(root, self.epoch, self.state_groups(), {"config.yaml": to_yaml(self.cfg)})
                 ckpt.prune_checkpoints(root, self.cfg.checkpoint.keep)
+                if self.on_checkpoint is not None:
+                    self.on_checkpoint(path)
         self.dist.barrier()
         return path
 
@@ -326,6 +352,10 @@ class Trainer:
             missing, extra = sorted(set(named) - set(weights)), sorted(set(weights) - set(named))
             raise ValueError(f"checkpoint weights do not match this model (different model.* settings?): "
                              f"missing {missing[:3]}, unexpected {extra[:3]}")
+        for k, p in named.items():
+            if tuple(weights[k].shape) != tuple(p.shape):
+                raise ValueError(f"checkpoint weights do not match this model (different model.* settings?): {k} has "
+                                 f"shape {tuple(weights[k].shape)} in the checkpoint, {tuple(p.shape)} here")
         with torch.no_grad():
             for k, p in named.items():
                 p.copy_(weights[k])
@@ -341,12 +371,19 @@ class Trainer:
         self.epoch = int(trainer["epoch"])
 
     def resume(self, run_dir: str | Path) -> bool:
-        """Continue from the newest complete checkpoint under ``run_dir``; False if there is none."""
+        """Continue from the newest complete checkpoint under ``run_dir``; False if there is none (the run starts
+        over at epoch 0). Either way ``metrics.jsonl`` keeps only the epochs before the one that runs next."""
         with self.warnings_log():
             path = ckpt.latest_checkpoint(Path(run_dir) / "checkpoints", quiet=not self.dist.is_main)
         if path is None:
+            self.logger.truncate_after(-1)
             return False
         _, groups = ckpt.load_checkpoint(path)
+        saved_run = groups["trainer"].get("run_id")
+        if saved_run is not None and self.run_id is not None and saved_run != self.run_id:
+            raise ValueError(f"checkpoint {path} belongs to run {saved_run}, but {Path(run_dir) / 'run.json'} records "
+                             f"run {self.run_id}: the directory mixes two runs; resume from a directory holding one")
+        self.run_id = self.run_id or saved_run
         self.load_state_groups(groups)
         self.logger.truncate_after(self.epoch - 1)
         if self.dist.is_main:
