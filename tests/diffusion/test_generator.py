@@ -207,7 +207,10 @@ def test_lora_round_trip(tiny_pixel_dir, tmp_path, merge):
     out = save_generator(gen, tmp_path / "lora", merge_lora=merge)
     assert (out / "lora").is_dir() is (not merge)
     loaded = load_generator(out)
-    assert torch.allclose(_unet_out(loaded), before, atol=1e-5)
+    # merged W + s·B·A rounds differently from the separate LoRA branch: float32 rounding on outputs of size ~1,
+    # measured 8.9e-6 alone and just over 1e-5 (the old tolerance) in a full run once the tokenizer's merges changed
+    torch.testing.assert_close(_unet_out(loaded), before, atol=5e-5, rtol=1e-5)
+    assert (_unet_out(load_generator(tiny_pixel_dir)) - before).abs().max() > 1e-2   # the adapter matters
     # The live model still has its (unmerged, trainable) adapter after saving.
     assert any("lora_B" in n for n, _ in gen.unet.named_parameters())
     assert torch.equal(_unet_out(gen), before)
