@@ -129,6 +129,7 @@ def run(args) -> int:
             if record is None:   # a run started before run.json existed: record it now (its checkpoint's id, if any)
                 record = new_run_record(config_text)
                 record["run_id"] = trainer.run_id or record["run_id"]
+                record["note"] = "recorded at a resume: the run started before cxrl wrote run.json ('created' is that resume)"
             note_resume(record, trainer.epoch, config_text)
         trainer.run_id = record["run_id"]
         written = []
