@@ -16,6 +16,7 @@ import torch
 
 from cxrl.compose import resolve_asset
 from cxrl.config import Config, apply_overrides
+from cxrl.data.prompt_files import read_utf8
 from cxrl.diffusion.ace import load_ace
 from cxrl.diffusion.generator import load_generator
 from cxrl.eval.evaluate import generate_samples
@@ -43,7 +44,7 @@ def read_prompts(path: Path) -> list[str]:
     """Non-blank lines of ``path`` (stripped)."""
     if not path.is_file():
         raise FileNotFoundError(f"--prompts: file {path} not found (expected one prompt per line)")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    prompts = [line.strip() for line in read_utf8(path).splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"--prompts: {path} contains no prompts (one per line)")
     return prompts

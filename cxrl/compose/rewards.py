@@ -47,14 +47,17 @@ def reward_from_config(entry: Mapping, device="cpu") -> tuple[RewardModel, float
 def build_reward_suite(rewards: RewardsConfig, sampling: SamplingConfig, device, *, anchor_sampler: Callable | None,
                        anchor_hash: str, latent_shape, seed: int, cache_path: Path) -> RewardSuite:
     """The configured reward models, weights and feedback; with comparative feedback, the anchor-score cache at
-    ``cache_path`` (namespaced by the anchor's weights, the sampler settings and the rewards) and the seed bank
+    ``cache_path`` (namespaced by ``anchor_hash`` — the anchor's content hash —, the sampler settings and every
+    reward's config entry and weights) and the seed bank
     whose seeds make (prompt, seed) pairs recur."""
     models, weights = [], {}
     for entry in rewards.components:
         model, weight = reward_from_config(entry, device=device)
         models.append(model)
         weights[model.name] = weight
-    reward_ids = {json.dumps(e, sort_keys=True): e.get("name") for e in rewards.components}
+    # each reward by its config entry and the content hash of its weights (a reward retrained in place misses)
+    reward_ids = {model.name: {"entry": json.dumps(entry, sort_keys=True), "weights": model.fingerprint()}
+                  for entry, model in zip(rewards.components, models)}
     cache = None
     if rewards.feedback == "comparative":
         sampler_settings = {"num_steps": sampling.num_steps, "guidance_scale": sampling.guidance_scale,

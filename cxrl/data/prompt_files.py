@@ -7,6 +7,7 @@ Each entry is ``{"prompt": str, "labels": FloatTensor[NUM_LABELS] | None, ["weig
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -33,12 +34,12 @@ def read_prompt_file(path, prompt_column: str = "", weight_column: str = "") -> 
         if prompt_column or weight_column:
             raise ValueError(f"{p}: a .txt prompt file has one prompt per line and no columns; "
                              "use a .csv/.jsonl file for data.prompt_column / data.weight_column")
-        return [{"prompt": line.strip(), "labels": None} for line in p.read_text().splitlines() if line.strip()]
+        return [{"prompt": line.strip(), "labels": None} for line in read_utf8(p).splitlines() if line.strip()]
     if suffix == ".csv":
         return _read_prompt_csv(p, prompt_column, weight_column)
     if suffix == ".jsonl":
         entries = []
-        for n, line in enumerate(p.read_text().splitlines(), 1):
+        for n, line in enumerate(read_utf8(p).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -53,10 +54,21 @@ def read_prompt_file(path, prompt_column: str = "", weight_column: str = "") -> 
     raise ValueError(f"{p}: unsupported prompt file type '{suffix}' (use .txt, .csv or .jsonl)")
 
 
+def read_utf8(path: Path) -> str:
+    """The text of ``path``; a file that is not UTF-8 is an error naming the file, line and column."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column}); "
+                         "save the file as UTF-8") from None
+
+
 def _read_prompt_csv(p, prompt_column: str, weight_column: str) -> list[dict]:
-    with open(p, newline="") as fh:
-        reader = csv.DictReader(fh)
-        rows, columns = list(reader), list(reader.fieldnames or [])
+    reader = csv.DictReader(io.StringIO(read_utf8(p), newline=""))
+    rows, columns = list(reader), list(reader.fieldnames or [])
     column = prompt_column or next((c for c in ("prompt", "report") if c in columns), None)
     if column is None or column not in columns:
         want = repr(prompt_column) if prompt_column else "a 'prompt' or 'report'"

@@ -32,6 +32,7 @@ from pathlib import Path
 import diffusers
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -267,6 +268,9 @@ def save_generator(gen: Generator, path: str | Path, ace=None, merge_lora: bool 
                 raise ValueError(f"ace: dim {ace.dim} != the generator's cross-attention width {gen.context_dim}")
             ace.save(staging)
         (staging / "model_index.json").write_text(json.dumps(_model_index(gen), indent=2))
+    except SafetensorError as err:   # how safetensors reports a full disk: an OSError like any other write
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OSError(f"cannot write the generator to {target} ({err}); is the disk full?") from err
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -15,14 +15,22 @@ tokenizer, which ``transformers.CLIPTokenizer.from_pretrained(out_dir)`` (and th
 
 There are no ``Ġ`` word-start markers (the tokenizer is not a GPT-2 style byte-level BPE): word
 boundaries come from the pre-tokenizer split and the ``</w>`` end-of-word suffix only.
+
+The merges are learned here (:func:`learn_merges`), not by ``tokenizers``' ``BpeTrainer``: that trainer breaks
+ties between equally frequent pairs by ids that follow a per-process hash order, so the same corpus gave
+different merges in different processes (and with them different token ids and a different tiny generator).
+Here the most frequent pair wins and a tie goes to the smallest ``(left, right)`` in string order: the same
+corpus gives the same files in any process.
 """
 from __future__ import annotations
 
+import heapq
 import json
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, normalizers, pre_tokenizers
 from transformers import CLIPTokenizer
 
 BOS_TOKEN = "<|startoftext|>"
@@ -97,21 +105,9 @@ def build_clip_tokenizer(
     symbols = _byte_symbols()
     num_merges = vocab_size - BASE_VOCAB_SIZE - 2
     normalizer, splitter = _pre_tokenizer()
-    trainer_model = Tokenizer(models.BPE(end_of_word_suffix=END_OF_WORD, continuing_subword_prefix=""))
-    trainer_model.normalizer = normalizer
-    trainer_model.pre_tokenizer = splitter
-    trainer = trainers.BpeTrainer(
-        # Generous target: the trainer counts its own alphabet and we keep only the first merges.
-        vocab_size=vocab_size + BASE_VOCAB_SIZE,
-        min_frequency=min_frequency,
-        initial_alphabet=symbols,
-        end_of_word_suffix=END_OF_WORD,
-        show_progress=False,
-        special_tokens=[],
-    )
-    trainer_model.train_from_iterator(corpus, trainer=trainer)
-    trained = json.loads(trainer_model.to_str())["model"]["merges"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained][:num_merges]
+    words = Counter(piece for text in corpus
+                    for piece, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    merges = learn_merges(words, num_merges, min_frequency)
 
     vocab: dict[str, int] = {}
     for token in symbols + [s + END_OF_WORD for s in symbols]:
@@ -120,7 +116,7 @@ def build_clip_tokenizer(
     for left, right in merges:
         merged = left + right
         # Merges are in creation order, so both halves are already known; a merge whose result is
-        # already a base symbol adds nothing and is skipped.
+        # already in the vocabulary ('ab' + 'c' after 'a' + 'bc') adds no entry.
         if merged not in vocab:
             vocab[merged] = len(vocab)
         kept_merges.append(f"{left} {right}")
@@ -146,3 +142,52 @@ def build_clip_tokenizer(
     special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "unk_token": EOS_TOKEN, "pad_token": EOS_TOKEN}
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
     return CLIPTokenizer.from_pretrained(str(out), local_files_only=True)
+
+
+def learn_merges(word_counts: dict[str, int], num_merges: int, min_frequency: int = 2) -> list[tuple[str, str]]:
+    """BPE merges over ``word_counts`` (pre-tokenized words -> occurrences), most frequent pair first, ties to
+    the smallest ``(left, right)``; stops after ``num_merges`` or when no pair occurs ``min_frequency`` times.
+    A word's last symbol carries ``</w>``; a merge joins non-overlapping occurrences left to right."""
+    words = [[*w[:-1], w[-1] + END_OF_WORD] for w in sorted(word_counts) if w]
+    counts = [word_counts[w] for w in sorted(word_counts) if w]
+    pair_counts: Counter = Counter()
+    where: dict[tuple[str, str], set[int]] = {}
+    for i, symbols in enumerate(words):
+        for pair in zip(symbols, symbols[1:]):
+            pair_counts[pair] += counts[i]
+            where.setdefault(pair, set()).add(i)
+    heap = [(-c, pair) for pair, c in pair_counts.items()]
+    heapq.heapify(heap)
+    merges: list[tuple[str, str]] = []
+    while heap and len(merges) < num_merges:
+        negative, pair = heapq.heappop(heap)
+        if -negative != pair_counts.get(pair, 0):
+            continue   # a stale entry: the pair's count changed since it was pushed
+        if -negative < min_frequency:
+            break
+        merges.append(pair)
+        changed = set()
+        for i in sorted(where.pop(pair, ())):
+            old = words[i]
+            for p in zip(old, old[1:]):
+                pair_counts[p] -= counts[i]
+                changed.add(p)
+            new, j = [], 0
+            while j < len(old):
+                if j + 1 < len(old) and (old[j], old[j + 1]) == pair:
+                    new.append(old[j] + old[j + 1])
+                    j += 2
+                else:
+                    new.append(old[j])
+                    j += 1
+            words[i] = new
+            for p in zip(new, new[1:]):
+                pair_counts[p] += counts[i]
+                where.setdefault(p, set()).add(i)
+                changed.add(p)
+        for p in changed:
+            if pair_counts[p] > 0:
+                heapq.heappush(heap, (-pair_counts[p], p))
+            else:
+                pair_counts.pop(p, None)
+    return merges

@@ -7,7 +7,7 @@ frozen anchor, using a ``SeedBank`` and an ``AnchorScoreCache``. ``AsyncScorer``
 sampling. See docs/rewards.md.
 """
 from cxrl.rewards.async_scorer import AsyncScorer
-from cxrl.rewards.base import RewardModel, check_reward_output, prepare_cxr, to_grayscale
+from cxrl.rewards.base import RewardError, RewardModel, check_reward_output, prepare_cxr, to_grayscale
 from cxrl.rewards.consistency import CLIPDirEncoder, ConsistencyReward, DualEncoder, info_nce_loss
 from cxrl.rewards.custom import FunctionReward, load_custom_reward
 from cxrl.rewards.diagnostic import CXRClassifier, DiagnosticReward, masked_bce_loss, masked_bce_score
@@ -27,7 +27,7 @@ from cxrl.rewards.xrv_backend import XRV_TO_CHEXPERT, XRVClassifier
 
 __all__ = [
     "AnchorScoreCache", "AsyncScorer", "CLIPDirEncoder", "CXRClassifier", "ConsistencyReward", "DiagnosticReward",
-    "DualEncoder", "FunctionReward", "IDENTITY_POSTURE", "PostureNet", "PostureReward", "RewardModel", "RewardOutput",
+    "DualEncoder", "FunctionReward", "IDENTITY_POSTURE", "PostureNet", "PostureReward", "RewardError", "RewardModel", "RewardOutput",
     "RewardSuite", "SeedBank", "XRVClassifier", "XRV_TO_CHEXPERT", "anchor_weights_hash", "canonicalize", "pose_images",
     "check_reward_output", "info_nce_loss", "load_custom_reward", "load_evaluator", "load_reward_model",
     "masked_bce_loss", "masked_bce_score", "noise_for", "posture_matrix", "prepare_cxr", "sample_postures", "shipped_path", "to_grayscale",

@@ -12,7 +12,10 @@ CXR reward models work on one channel: a 3-channel image is converted by ITU-R B
 from __future__ import annotations
 
 import abc
+import hashlib
 import math
+import traceback
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -20,8 +23,42 @@ import torch.nn.functional as F
 
 from cxrl.data.labeler import label_report
 from cxrl.data.labels import NUM_LABELS, labels_to_tensor
+from cxrl.rewards.rlcf import anchor_weights_hash
 
 LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+class RewardError(ValueError):
+    """A reward failed — its code raised, or it returned something that is not one finite score per image.
+    The message names the reward (and, for code that raised, the file and line)."""
+
+
+def code_location(err: BaseException, prefer_file: str | None = None) -> str:
+    """``file:line`` where ``err`` was raised: the deepest frame in ``prefer_file`` (the user's reward file) when
+    there is one, else the deepest frame."""
+    if isinstance(err, SyntaxError) and err.filename:
+        return f"{err.filename}:{err.lineno}"
+    frames = traceback.extract_tb(err.__traceback__)
+    mine = [f for f in frames if prefer_file and f.filename == prefer_file]
+    frame = (mine or frames or [None])[-1]
+    return f"{frame.filename}:{frame.lineno}" if frame is not None else "?"
+
+
+def source_file(fn) -> str | None:
+    """The file a function's code is in (None for builtins and other callables without Python code)."""
+    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__call__", None), "__code__", None)
+    return code.co_filename if code is not None else None
+
+
+def file_digest(path: str | None) -> str:
+    """sha256 of a file's bytes ('' when there is no such file: builtins, code typed into a console)."""
+    if not path or not Path(path).is_file():
+        return ""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def reward_code_error(name: str, err: Exception, prefer_file: str | None = None) -> RewardError:
+    return RewardError(f"reward '{name}' raised {type(err).__name__}: {err} (at {code_location(err, prefer_file)})")
 
 
 class RewardModel(abc.ABC):
@@ -59,11 +96,32 @@ class RewardModel(abc.ABC):
         metadata = list(metadata) if metadata is not None else [{} for _ in prompts]
         check_reward_inputs(self.name, images, prompts, metadata)
         with torch.no_grad():
-            out = self.score(images, prompts, metadata)
+            if type(self).__module__.split(".")[0] == "cxrl":   # cxrl's own rewards: a failure is a bug, keep it
+                out = self.score(images, prompts, metadata)
+            else:   # a user's RewardModel subclass: its failure is one line naming the reward and the line
+                try:
+                    out = self.score(images, prompts, metadata)
+                except RewardError:
+                    raise
+                except Exception as err:
+                    raise reward_code_error(self.name, err, source_file(type(self).score)) from err
         return check_reward_output(self.name, out, images.shape[0], images.device, require_finite=self.strict)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, comparative={self.comparative})"
+
+    def fingerprint(self) -> str:
+        """sha256 of what this reward's scores depend on besides its inputs: its class, every weight of the
+        modules it holds (dtype included) and, for a class defined outside cxrl, its source file. It keys the
+        anchor-score cache, so a reward retrained or edited in place never reuses stale anchor scores."""
+        cls = type(self)
+        h = hashlib.sha256(f"{cls.__module__}.{cls.__qualname__}".encode())
+        for key, value in sorted(vars(self).items()):
+            if isinstance(value, torch.nn.Module):
+                h.update(f"|{key}:{anchor_weights_hash(value)}".encode())
+        if cls.__module__.split(".")[0] != "cxrl":
+            h.update(f"|source:{file_digest(source_file(cls.score))}".encode())
+        return h.hexdigest()
 
 
 def check_reward_inputs(name: str, images, prompts: list, metadata: list) -> None:
@@ -81,16 +139,16 @@ def check_reward_inputs(name: str, images, prompts: list, metadata: list) -> Non
 def check_reward_output(name: str, out, batch: int, device: torch.device, *, require_finite: bool) -> torch.Tensor:
     """Validate what a reward returned: FloatTensor [B] on the images' device (finite if asked)."""
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"reward '{name}' returned {type(out).__name__}; expected a FloatTensor of shape [{batch}]")
+        raise RewardError(f"reward '{name}' returned {type(out).__name__}; expected a FloatTensor of shape [{batch}]")
     if out.shape != (batch,):
-        raise ValueError(f"reward '{name}' returned shape {tuple(out.shape)}; expected [{batch}] (one value per image)")
+        raise RewardError(f"reward '{name}' returned shape {tuple(out.shape)}; expected [{batch}] (one value per image)")
     if not out.is_floating_point():
-        raise TypeError(f"reward '{name}' returned dtype {out.dtype}; expected a floating-point tensor")
+        raise RewardError(f"reward '{name}' returned dtype {out.dtype}; expected a floating-point tensor")
     if out.device.type != torch.device(device).type:
-        raise ValueError(f"reward '{name}' returned a tensor on {out.device}; the images were on {device}")
+        raise RewardError(f"reward '{name}' returned a tensor on {out.device}; the images were on {device}")
     if require_finite and not bool(torch.isfinite(out).all()):
         bad = (~torch.isfinite(out)).nonzero().flatten().tolist()
-        raise ValueError(f"reward '{name}' returned non-finite values at batch positions {bad}")
+        raise RewardError(f"reward '{name}' returned non-finite values at batch positions {bad}")
     return out.float()
 
 

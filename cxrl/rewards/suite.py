@@ -165,6 +165,14 @@ class RewardSuite:
         combined = torch.where(valid, combined, torch.zeros_like(combined))
         return RewardOutput(self.names, components, combined, valid, policy, anchor)
 
+    def nonfinite(self, out: RewardOutput) -> torch.Tensor:
+        """[B, K] bool: where a component of ``out`` was non-finite (policy or anchor side) and was set to 0."""
+        bad = ~torch.isfinite(out.policy_scores)
+        if out.anchor_scores is not None:
+            comparative = torch.tensor(self.comparative, device=bad.device)
+            bad |= comparative & ~torch.isfinite(out.anchor_scores.to(bad.device))
+        return bad
+
     def flush(self) -> None:
         if self.cache is not None:
             self.cache.flush()

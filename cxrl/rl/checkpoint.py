@@ -21,12 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 PREFIX = "epoch_"
 log = logging.getLogger(__name__)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a write limit, permissions); nothing partial is left."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,6 +130,27 @@ def save_checkpoint(root: str | Path, epoch: int, groups: dict[str, object], ext
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
+    try:
+        _write_staged(staging, epoch, groups, extra_files)
+    except (OSError, SafetensorError) as err:   # safetensors reports a full disk as its own error type
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CheckpointWriteError(f"cannot write checkpoint {final} ({err}); is the disk full? "
+                                   "The previous checkpoints are intact") from err
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if final.exists():  # re-saving an epoch (e.g. after a resume): move the old one aside first
+        trash = root / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, trash)
+        os.replace(staging, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+    _fsync_dir(root)
+    return final
+
+
+def _write_staged(staging: Path, epoch: int, groups: dict[str, object], extra_files: dict[str, str] | None) -> None:
     files: dict[str, dict] = {}
     for name, state in groups.items():
         if not name.replace("_", "").isalnum():
@@ -142,15 +168,6 @@ def save_checkpoint(root: str | Path, epoch: int, groups: dict[str, object], ext
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
     _fsync_file(staging / MANIFEST)
     _fsync_dir(staging)
-    if final.exists():  # re-saving an epoch (e.g. after a resume): move the old one aside first
-        trash = root / f".old-{final.name}-{os.getpid()}"
-        os.replace(final, trash)
-        os.replace(staging, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, final)
-    _fsync_dir(root)
-    return final
 
 
 def verify_checkpoint(path: str | Path) -> tuple[bool, str]:

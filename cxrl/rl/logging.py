@@ -6,12 +6,16 @@ through :mod:`cxrl.messages`; sample grids through :func:`cxrl.eval.grids.save_g
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure  # no pyplot: a file is drawn without touching the user's backend
 from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
 
 
 def _tensorboard_writer(log_dir: Path, mode: str):
@@ -41,11 +45,23 @@ class MetricsLogger:
             self._tb = _tensorboard_writer(self.dir / "tensorboard", tensorboard)
 
     def truncate_after(self, epoch: int) -> None:
-        """On resume, drop records of epochs after the checkpoint (they will be re-run)."""
+        """On resume, keep the records of epochs ``<= epoch`` only (the later ones are re-run; ``-1`` keeps none).
+        A line that is not a JSON record — the torn last line of a run killed mid-write — is dropped with a
+        warning, so the file is whole again. The file is replaced atomically."""
         if not self.enabled or not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line.strip() and _epoch_of(line) <= epoch]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        for n, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            record_epoch = _epoch_of(line)
+            if record_epoch is None:
+                log.warning("%s:%d is not a complete JSON record (a write cut short?); dropped", self.path, n)
+            elif record_epoch <= epoch:
+                kept.append(line)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
 
     def log_probe(self, epochs_trained: int, metrics: dict) -> None:
         """A monitor probe as its own record: ``epoch`` is the last epoch trained before it (-1 for the baseline)."""
@@ -72,11 +88,14 @@ class MetricsLogger:
             self._tb.close()
 
 
-def _epoch_of(line: str) -> int:
+def _epoch_of(line: str) -> int | None:
+    """The epoch of one metrics line, or None when the line is not a record with an integer epoch."""
     try:
-        return int(json.loads(line).get("epoch", -1))
-    except (ValueError, AttributeError):
-        return -1
+        record = json.loads(line)
+    except ValueError:
+        return None
+    epoch = record.get("epoch") if isinstance(record, dict) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 def _plain(v):
@@ -90,7 +109,14 @@ def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"metrics file not found: {path}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as err:
+                raise ValueError(f"{path}:{n}: not a JSON record ({err})") from err
+    return records
 
 
 def moving_average(values: list[float], window: int) -> list[float]:

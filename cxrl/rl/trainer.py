@@ -24,6 +24,7 @@ from cxrl.eval.grids import save_grid
 from cxrl.messages import warnings_file
 from cxrl.rewards import AsyncScorer, RewardOutput, RewardSuite, noise_for
 from cxrl.rl import checkpoint as ckpt
+from cxrl.rl import trainer_state
 from cxrl.rl.anchor import FrozenAnchor
 from cxrl.rl.distributed import DistContext
 from cxrl.rl.logging import MetricsLogger, plot_reward_curves
@@ -32,11 +33,15 @@ from cxrl.rl.policy import Policy
 from cxrl.rl.ppo import kl_to_anchor
 from cxrl.rl.precision import autocast
 from cxrl.rl.prompts import PromptPool, reward_metadata
-from cxrl.rl.seeding import capture_rng_state, derive_seed, restore_rng_state, torch_generator
+from cxrl.rl.seeding import derive_seed, torch_generator
 from cxrl.rl.update import PPOUpdater
 from cxrl.trajectory import AdvantageTracker, TrajectoryStore
 
 log = logging.getLogger(__name__)
+
+
+class AllRewardsInvalid(ValueError):
+    """Every sample of an epoch has a non-finite reward: the run cannot learn anything and stops."""
 
 
 def concat_reward_outputs(outputs: list) -> RewardOutput:
@@ -103,6 +108,8 @@ class Trainer:
         self.monitor = parts.monitor if dist.is_main else None   # probes are rank 0's: no collective inside
         self._async_scorer = None
         self.epoch = 0   # the next epoch to run
+        self.run_id: str | None = None   # the run this trainer continues (run.json); written into every checkpoint
+        self.on_checkpoint = None        # rank 0 calls it with each new checkpoint's path (cxrl train: run.json)
 
     # -- stages -----------------------------------------------------------------------------------
 
@@ -200,17 +207,32 @@ class Trainer:
         combined = self.dist.all_gather_cat(reward_out.combined.float().cpu())
         components = self.dist.all_gather_cat(reward_out.components.float().cpu())
         valid = self.dist.all_gather_cat(reward_out.valid.to(torch.uint8).cpu()).bool()
+        if not bool(valid.any()):
+            raise AllRewardsInvalid(self._invalid_message(global_entries[local], reward_out, len(valid)))
+        invalid_fraction = float((~valid).float().mean())
+        if invalid_fraction >= 0.5 and self.dist.is_main:
+            log.warning("%d of %d samples of this epoch have a non-finite reward and do not move the policy",
+                        int((~valid).sum()), len(valid))
         if self.cfg.train.reward_normalization == "components":
             combined = normalized_combination(components, self.suite.weights, valid)
         adv = self.tracker.compute([e["prompt"] for e in global_entries], combined)
         adv = torch.where(valid, adv, torch.zeros_like(adv))   # invalid samples do not move the policy
-        stats = {"reward/combined/mean": combined.mean(), "reward/combined/std": combined.std(unbiased=False),
+        stats = {"reward/invalid_fraction": invalid_fraction,
+                 "reward/combined/mean": combined.mean(), "reward/combined/std": combined.std(unbiased=False),
                  "advantage/mean": adv.mean(), "advantage/std": adv.std(unbiased=False),
                  "advantage/abs_max": adv.abs().max(), "reward/invalid_samples": int((~valid).sum())}
         for k, name in enumerate(self.suite.names):
             stats[f"reward/{name}/mean"] = components[:, k].mean()
             stats[f"reward/{name}/std"] = components[:, k].std(unbiased=False)
         return adv[local], stats
+
+    def _invalid_message(self, entries: list[dict], reward_out, total: int) -> str:
+        bad = self.suite.nonfinite(reward_out)
+        per_reward = [f"'{name}' on {int(bad[:, k].sum())}" for k, name in enumerate(self.suite.names) if bad[:, k].any()]
+        example = entries[int(bad.any(dim=1).nonzero()[0])]["prompt"][:80] if bad.any() else "?"
+        return (f"every one of the {total} samples of this epoch has a non-finite reward (reward {', '.join(per_reward)} "
+                f"sample(s); e.g. prompt {example!r}): there is nothing to train on, so the run stops without "
+                "saving a model; fix the reward (strict: true in its entry fails at the first bad value)")
 
     def update(self, epoch: int, batch: EpochBatch):
         s, ace = self.cfg.sampling, self.policy.ace
@@ -312,26 +334,18 @@ class Trainer:
         self.close()
         if self.dist.is_main:
             self.suite.flush()
-            plot_reward_curves(self.logger.path, self.out / "reward_curves.png", self.cfg.monitor.smoothing)
+            try:   # a picture of the metrics: never a reason to lose the trained model
+                plot_reward_curves(self.logger.path, self.out / "reward_curves.png", self.cfg.monitor.smoothing)
+            except (ValueError, OSError) as err:
+                log.warning("reward curves not drawn: %s", err)
         self.logger.close()
         return history
 
     # -- checkpoint -------------------------------------------------------------------------------
 
     def state_groups(self) -> dict:
-        rng_tensors, rng_json = capture_rng_state()
-        weights = {k: v.detach() for k, v in self.policy.named_trainable().items()}
-        cache = self.suite.cache
-        trainer = {"epoch": self.epoch, "updater": self.updater.state_dict(), "rng": rng_json,
-                   "anchor_cache": {"path": str(cache.path), "namespace": cache.namespace, "entries": len(cache)}
-                   if cache is not None else None}
-        groups = {"weights": weights, "optimizer": self.optimizer.state_dict(), "trainer": trainer,
-                  "rng": rng_tensors, "tracker": self.tracker.state_dict()}
-        if self.updater.ema is not None:
-            groups["ema"] = self.updater.ema.state_dict()
-        if self.monitor is not None:
-            groups["monitor"] = self.monitor.state_dict()
-        return groups
+        """Everything an epoch's result depends on, as a checkpoint stores it (:mod:`cxrl.rl.trainer_state`)."""
+        return trainer_state.state_groups(self)
 
     def save_checkpoint(self) -> Path | None:
         """Rank 0 writes; every rank waits for it, so no rank races ahead of a checkpoint."""
@@ -342,39 +356,28 @@ class Trainer:
                 root = self.out / "checkpoints"
                 path = ckpt.save_checkpoint(root, self.epoch, self.state_groups(), {"config.yaml": to_yaml(self.cfg)})
                 ckpt.prune_checkpoints(root, self.cfg.checkpoint.keep)
+                if self.on_checkpoint is not None:
+                    self.on_checkpoint(path)
         self.dist.barrier()
         return path
 
     def load_state_groups(self, groups: dict) -> None:
-        named = self.policy.named_trainable()
-        weights = groups["weights"]
-        if set(weights) != set(named):
-            missing, extra = sorted(set(named) - set(weights)), sorted(set(weights) - set(named))
-            raise ValueError(f"checkpoint weights do not match this model (different model.* settings?): "
-                             f"missing {missing[:3]}, unexpected {extra[:3]}")
-        with torch.no_grad():
-            for k, p in named.items():
-                p.copy_(weights[k])
-        self.optimizer.load_state_dict(groups["optimizer"])
-        self.tracker.load_state_dict(groups["tracker"])
-        trainer = groups["trainer"]
-        self.updater.load_state_dict(trainer["updater"])
-        if self.updater.ema is not None:
-            if "ema" not in groups:
-                raise ValueError("train.ema_decay > 0 but the checkpoint has no EMA state")
-            self.updater.ema.load_state_dict(groups["ema"])
-        if self.monitor is not None and "monitor" in groups:
-            self.monitor.load_state_dict(groups["monitor"])
-        restore_rng_state(groups["rng"], trainer["rng"])
-        self.epoch = int(trainer["epoch"])
+        trainer_state.load_state_groups(self, groups)
 
     def resume(self, run_dir: str | Path) -> bool:
-        """Continue from the newest complete checkpoint under ``run_dir``; False if there is none."""
+        """Continue from the newest complete checkpoint under ``run_dir``; False if there is none (the run starts
+        over at epoch 0). Either way ``metrics.jsonl`` keeps only the epochs before the one that runs next."""
         with self.warnings_log():
             path = ckpt.latest_checkpoint(Path(run_dir) / "checkpoints", quiet=not self.dist.is_main)
         if path is None:
+            self.logger.truncate_after(-2)   # everything: epoch 0 runs again, the monitor's baseline (-1) too
             return False
         _, groups = ckpt.load_checkpoint(path)
+        saved_run = groups["trainer"].get("run_id")
+        if saved_run is not None and self.run_id is not None and saved_run != self.run_id:
+            raise ValueError(f"checkpoint {path} belongs to run {saved_run}, but {Path(run_dir) / 'run.json'} records "
+                             f"run {self.run_id}: the directory mixes two runs; resume from a directory holding one")
+        self.run_id = self.run_id or saved_run
         self.load_state_groups(groups)
         self.logger.truncate_after(self.epoch - 1)
         if self.dist.is_main:

@@ -85,8 +85,11 @@ def test_prompt_sources_and_fallbacks():
 def test_truncation_on_sentence_boundary():
     text = " ".join(f"Sentence number {i} is here." for i in range(40))
     out = truncate_to_limit(text, max_tokens=30)
-    assert estimate_tokens(out) <= 30 and out.endswith(".") and text.startswith(out)
-    assert estimate_tokens(" ".join([out, "Sentence number 99 is here."])) > 30 or len(out) < len(text)
+    assert estimate_tokens(out) <= 30 and out.endswith(".") and text.startswith(out) and len(out) < len(text)
+    kept = out.count(".")
+    assert out == " ".join(f"Sentence number {i} is here." for i in range(kept))   # whole sentences, in order
+    # as many as fit: one more sentence (the next one of the text) would exceed the limit
+    assert estimate_tokens(" ".join([out, f"Sentence number {kept} is here."])) > 30
 
 
 def test_truncation_with_a_tokenizer_callable():

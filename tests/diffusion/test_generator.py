@@ -69,6 +69,61 @@ def test_tokenizer_rejects_bad_inputs(tmp_path):
         build_clip_tokenizer("a report", 600, tmp_path / "t")
 
 
+def _reference_merges(word_counts: dict, num_merges: int, min_frequency: int = 2) -> list:
+    """Textbook BPE, recounting every pair at every step: the most frequent pair, ties to the smallest."""
+    words = {tuple(w[:-1]) + (w[-1] + "</w>",): c for w, c in word_counts.items()}
+    merges = []
+    while len(merges) < num_merges:
+        counts = {}
+        for symbols, c in words.items():
+            for pair in zip(symbols, symbols[1:]):
+                counts[pair] = counts.get(pair, 0) + c
+        if not counts:
+            break
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        if counts[best] < min_frequency:
+            break
+        merges.append(best)
+        merged = {}
+        for symbols, c in words.items():
+            out, i = [], 0
+            while i < len(symbols):
+                if symbols[i:i + 2] == best:
+                    out.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    out.append(symbols[i])
+                    i += 1
+            merged[tuple(out)] = merged.get(tuple(out), 0) + c
+        words = merged
+    return merges
+
+
+def test_merges_equal_textbook_bpe():
+    from collections import Counter
+
+    from cxrl.diffusion.tokenizer import learn_merges
+
+    words = Counter(w.strip(".,").lower() for s in REPORT_LIKE_SENTENCES for w in s.split() if w.strip(".,"))
+    words.update({"aaaa": 3, "aaa": 2, "abab": 2})   # overlapping pairs: merged left to right
+    assert learn_merges(words, 300) == _reference_merges(words, 300)
+    assert learn_merges(words, 7) == _reference_merges(words, 7)
+
+
+def test_tokenizer_is_the_same_in_every_build(tmp_path):
+    """The `tokenizers` trainer broke ties between equally frequent pairs by a per-process hash order: with ten
+    tied pairs and room for three merges, builds chose different merges (and the tiny generator differed
+    between processes). Ties now go to the smallest pair, in every build."""
+    texts = ["ab ac ad ae af ag ah ai aj ak"] * 2
+    builds = []
+    for i in range(4):
+        build_clip_tokenizer(texts, 517, tmp_path / f"t{i}")
+        builds.append([(tmp_path / f"t{i}" / name).read_bytes() for name in ("vocab.json", "merges.txt")])
+    assert all(b == builds[0] for b in builds)
+    merges = (tmp_path / "t0" / "merges.txt").read_text().splitlines()[1:]
+    assert merges == ["a b</w>", "a c</w>", "a d</w>"]
+
+
 # ----------------------------------------------------------------------------------------- loading
 def test_load_pixel_generator(tiny_pixel_dir):
     gen = load_generator(tiny_pixel_dir)
@@ -152,7 +207,10 @@ def test_lora_round_trip(tiny_pixel_dir, tmp_path, merge):
     out = save_generator(gen, tmp_path / "lora", merge_lora=merge)
     assert (out / "lora").is_dir() is (not merge)
     loaded = load_generator(out)
-    assert torch.allclose(_unet_out(loaded), before, atol=1e-5)
+    # merged W + s·B·A rounds differently from the separate LoRA branch: float32 rounding on outputs of size ~1,
+    # measured 8.9e-6 alone and just over 1e-5 (the old tolerance) in a full run once the tokenizer's merges changed
+    torch.testing.assert_close(_unet_out(loaded), before, atol=5e-5, rtol=1e-5)
+    assert (_unet_out(load_generator(tiny_pixel_dir)) - before).abs().max() > 1e-2   # the adapter matters
     # The live model still has its (unmerged, trainable) adapter after saving.
     assert any("lora_B" in n for n, _ in gen.unet.named_parameters())
     assert torch.equal(_unet_out(gen), before)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cxrl.compose import reward_from_config
-from cxrl.rewards import FunctionReward, RewardSuite, load_custom_reward
+from cxrl.rewards import FunctionReward, RewardError, RewardSuite, load_custom_reward
 
 SOURCE = textwrap.dedent('''
     import torch
@@ -28,6 +28,14 @@ SOURCE = textwrap.dedent('''
 
     def non_finite(images, prompts, metadata):
         return torch.full((images.shape[0],), float("inf"))
+
+    def divides_by_zero(images, prompts, metadata):
+        scale = 1 / 0
+        return images.mean(dim=(1, 2, 3)) * scale
+
+    class Raises(RewardModel):
+        def score(self, images, prompts, metadata):
+            return {}["missing key"]
 
     class Scaled(RewardModel):
         name = "scaled"
@@ -59,9 +67,13 @@ def test_function_from_file(reward_file):
     assert info.last_info == {"note": "max"} and info.name == "peak"
 
 
-def test_function_from_module():
-    reward = load_custom_reward("torch.nn.functional:relu", name="relu")
-    assert isinstance(reward, FunctionReward)
+def test_function_from_module(tmp_path, monkeypatch):
+    (tmp_path / "site_rewards.py").write_text(SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))   # an importable module, as a user's installed package would be
+    images = torch.rand(3, 1, 8, 8)
+    reward = load_custom_reward("site_rewards:brightness", name="b")
+    assert isinstance(reward, FunctionReward) and reward.name == "b"
+    torch.testing.assert_close(reward(images, ["a", "b", "c"]), images.mean(dim=(1, 2, 3)))
 
 
 def test_class_with_kwargs(reward_file):
@@ -72,9 +84,11 @@ def test_class_with_kwargs(reward_file):
 
 
 @pytest.mark.parametrize("fn, error, match", [
-    ("wrong_shape", ValueError, r"returned shape \(2, 1\)"),
-    ("wrong_dtype", TypeError, "dtype torch.int64"),
-    ("not_a_tensor", TypeError, "returned list"),
+    ("wrong_shape", RewardError, r"returned shape \(2, 1\)"),
+    ("wrong_dtype", RewardError, "dtype torch.int64"),
+    ("not_a_tensor", RewardError, "returned list"),
+    ("divides_by_zero", RewardError, r"raised ZeroDivisionError: division by zero \(at .*my_rewards.py:\d+\)"),
+    ("Raises", RewardError, r"raised KeyError: 'missing key' \(at .*my_rewards.py:\d+\)"),
 ])
 def test_bad_outputs_name_the_reward(reward_file, fn, error, match):
     reward = load_custom_reward(f"{reward_file}:{fn}", name=f"my_{fn}")
@@ -97,8 +111,16 @@ def test_bad_specs(reward_file, tmp_path):
         load_custom_reward("no_colon_here")
     with pytest.raises(FileNotFoundError, match="does_not_exist.py"):
         load_custom_reward(f"{tmp_path}/does_not_exist.py:f")
-    with pytest.raises(AttributeError, match="no attribute 'missing'"):
+    with pytest.raises(RewardError, match="no attribute 'missing'"):
         load_custom_reward(f"{reward_file}:missing")
+    with pytest.raises(RewardError, match="no module named 'no_such_reward_module'"):
+        load_custom_reward("no_such_reward_module:f")
+    broken = tmp_path / "broken.py"
+    broken.write_text("import torch\n\ndef f(images, prompts, metadata)\n    return images\n")
+    with pytest.raises(RewardError, match=r"importing it raised SyntaxError.*broken.py:3"):
+        load_custom_reward(f"{broken}:f")
+    with pytest.raises(RewardError, match=r"Scaled\(\*\*kwargs\) raised TypeError.*unexpected keyword"):
+        load_custom_reward(f"{reward_file}:Scaled", kwargs={"facter": 2})
     with pytest.raises(ValueError, match="unknown keys"):
         reward_from_config({"name": "x", "callable": f"{reward_file}:brightness", "wieght": 1})
     with pytest.raises(ValueError, match="batch of 2"):

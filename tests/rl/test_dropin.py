@@ -283,3 +283,4 @@ def test_bad_reward_outputs_are_errors_or_excluded_samples_naming_the_reward(sd_
     assert poisoned.any() and torch.equal(out.valid, ~poisoned) and torch.isfinite(out.combined).all()
     adv, stats = lenient.advantages(batch.entries, slice(0, len(batch.entries)), out)
     assert (adv[poisoned] == 0).all() and stats["reward/invalid_samples"] == int(poisoned.sum())
+    assert stats["reward/invalid_fraction"] == pytest.approx(float(poisoned.float().mean()))

@@ -23,6 +23,16 @@ def test_jsonl_truncate_and_curves(tmp_path):
     with pytest.raises(ValueError, match="no 'reward"):
         (tmp_path / "empty.jsonl").write_text(json.dumps({"epoch": 0, "x": 1}) + "\n")
         plot_reward_curves(tmp_path / "empty.jsonl", tmp_path / "x.png")
+    # a resume keeps epochs <= its checkpoint's and drops a line a kill cut short (the file is whole again)
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write('{"epoch": 2, "reward/a/me')
+    log.truncate_after(0)
+    assert read_metrics(tmp_path / "metrics.jsonl") == records[:1]
+    log.truncate_after(-1)   # no checkpoint at all: the run restarts at epoch 0
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+    (tmp_path / "bad.jsonl").write_text('{"epoch": 0}\nnot json\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not a JSON record"):
+        read_metrics(tmp_path / "bad.jsonl")
     silent = MetricsLogger(tmp_path / "rank1", enabled=False)
     silent.log(0, {"x": 1})
     assert not (tmp_path / "rank1").exists()

@@ -1,15 +1,18 @@
 """The trainer's stages on a tiny real generator with cheap custom rewards."""
+import hashlib
 import json
 
 import pytest
 import torch
 
 from rl_run_helpers import tiny_overrides
-from cxrl.compose import build_trainer
+from cxrl.compose import build_generator, build_trainer
 from cxrl.config import Config, apply_overrides
-from cxrl.diffusion.rollout import recompute_log_prob
+from cxrl.diffusion.rollout import recompute_log_prob, sample_images
+from cxrl.rewards import noise_for
 from cxrl.rl import checkpoint as ck
 from cxrl.rl.prompts import PromptPool
+from cxrl.rl.seeding import torch_generator
 from cxrl.rl.update import NonFiniteAbort
 
 PROMPTS = ["small left pleural effusion", "no acute cardiopulmonary process", "mild cardiomegaly"]
@@ -82,11 +85,12 @@ def test_non_finite_updates_are_skipped_then_abort(tiny_pixel_dir, tmp_path):
     tr.run_epoch(0)
     tr.epoch = 1
     good = tr.save_checkpoint()
+    batch = _epoch_batch(tr, 1)   # finite rollouts and rewards; the update below meets NaN ACE tokens
     with torch.no_grad():
         tr.policy.ace.tokens.fill_(float("nan"))
     before = [p.detach().clone() for p in tr.policy.unet_params]
-    with pytest.raises(NonFiniteAbort, match="2 consecutive"):
-        tr.run_epoch(1)
+    with pytest.raises(NonFiniteAbort, match="2 consecutive"), tr.warnings_log():
+        tr.update(1, batch)
     assert all(torch.equal(a, p) for a, p in zip(before, tr.policy.unet_params))   # nothing was applied
     warnings = (tmp_path / "warnings.log").read_text()
     assert "update skipped" in warnings and any(p[:20] in warnings for p in PROMPTS)
@@ -129,3 +133,40 @@ def test_full_finetune_with_kl_ema_and_gradient_checkpointing(tiny_pixel_dir, tm
     path = tr.save_checkpoint()
     _, groups = ck.load_checkpoint(path)
     assert groups["ema"]["decay"] == decay and len(groups["ema"]["shadow"]) == len(tr.policy.params)
+
+
+def test_cached_anchor_scores_are_the_base_generators_scores(tiny_pixel_dir, tmp_path):
+    """The anchor-score cache against the real anchor: after two epochs of training (the LoRA weights moved), every
+    cached anchor score equals the score of an image re-sampled from a fresh load of the base generator, from the
+    same initial noise and with the anchor's documented step noise (seeded by each chunk's initial noise)."""
+    tr = _trainer(tiny_pixel_dir, tmp_path, epochs=2, prompts=PROMPTS[:2])
+    tr.fit()
+    assert any(p.abs().max() > 0 for name, p in tr.gen.unet.named_parameters() if "lora_B" in name)
+    base = build_generator(tr.cfg.model, torch.device("cpu"))   # a fresh load, with the run's attention backend
+    s, names = tr.cfg.sampling, ["bright"]                        # 'contrast' is not comparative: never cached
+    entries, seeds, _ = tr.draw_prompts(0)                        # epoch 0 missed everywhere: the anchor sampled
+    prompts = [e["prompt"] for e in entries]                      # exactly its scoring chunks
+    checked = 0
+    for begin in range(0, len(prompts), s.batch_size):
+        chunk, chunk_seeds = prompts[begin:begin + s.batch_size], seeds[begin:begin + s.batch_size]
+        noise = noise_for(chunk_seeds, base.latent_shape)
+        digest = hashlib.sha256(noise.float().numpy().tobytes()).digest()
+        rng = torch_generator(int.from_bytes(digest[:8], "little") >> 1, torch.device("cpu"))
+        images = sample_images(base, chunk, num_steps=s.num_steps, guidance_scale=s.guidance_scale, eta=s.eta,
+                               initial_noise=noise, generator=rng)
+        expected = tr.suite.models["bright"](images, chunk)
+        for i, (prompt, seed) in enumerate(zip(chunk, chunk_seeds)):
+            cached = tr.suite.cache.get(prompt, seed, names)
+            assert cached is not None and cached["bright"] == float(expected[i]), (prompt, seed)
+            checked += 1
+    assert checked == len(tr.suite.cache) == 4
+
+
+def test_a_metrics_file_that_cannot_be_plotted_does_not_stop_the_run(tiny_pixel_dir, tmp_path, caplog):
+    tr = _trainer(tiny_pixel_dir, tmp_path, epochs=1)
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 0, "reward/br\n')   # torn, and no resume to repair it
+    with caplog.at_level("WARNING"):
+        history = tr.fit()
+    assert len(history) == 1 and ck.latest_checkpoint(tmp_path / "checkpoints") is not None
+    assert f"reward curves not drawn: {tmp_path / 'metrics.jsonl'}:1: not a JSON record" in caplog.text
+    assert not (tmp_path / "reward_curves.png").exists()
