@@ -93,7 +93,7 @@ def _quiet_library_progress_bars() -> None:
 
 def _report(command: str, err: Exception) -> int:
     """One line for an error and its exit code; anything unexpected keeps its traceback."""
-    from cxrl.rl.distributed import RemoteRankError   # only on an error: keeps `cxrl --help` light
+    from cxrl.rl.distributed import RemoteRankError  # only on an error: keeps `cxrl --help` light
     from cxrl.rl.update import NonFiniteAbort
 
     if isinstance(err, NonFiniteAbort):

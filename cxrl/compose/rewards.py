@@ -18,6 +18,7 @@ from cxrl.rewards import AnchorScoreCache, RewardModel, RewardSuite, SeedBank, l
 from cxrl.rewards.xrv_backend import xrv_weights_present
 
 log = logging.getLogger(__name__)
+SCORE_NEUTRAL_KEYS = ("weight", "comparative", "strict")   # how a score is used, not what it is
 
 
 def reward_from_config(entry: Mapping, device="cpu") -> tuple[RewardModel, float]:
@@ -55,13 +56,16 @@ def build_reward_suite(rewards: RewardsConfig, sampling: SamplingConfig, device,
         model, weight = reward_from_config(entry, device=device)
         models.append(model)
         weights[model.name] = weight
-    # each reward by its config entry and the content hash of its weights (a reward retrained in place misses)
-    reward_ids = {model.name: {"entry": json.dumps(entry, sort_keys=True), "weights": model.fingerprint()}
+    # each reward by what its scores depend on: its config entry (less the weight and feedback flags, which use the
+    # scores but do not change them) and the content hash of its weights (a reward retrained in place misses)
+    reward_ids = {model.name: {"entry": json.dumps({k: v for k, v in entry.items() if k not in SCORE_NEUTRAL_KEYS},
+                                                   sort_keys=True), "weights": model.fingerprint()}
                   for entry, model in zip(rewards.components, models)}
     cache = None
     if rewards.feedback == "comparative":
+        # the anchor's step noise is per sample (cxrl.rl.anchor): its scores do not depend on the batch size
         sampler_settings = {"num_steps": sampling.num_steps, "guidance_scale": sampling.guidance_scale,
-                            "eta": sampling.eta, "anchor_batch": sampling.batch_size}
+                            "eta": sampling.eta, "step_noise": "per-sample"}
         cache = AnchorScoreCache(cache_path, anchor_hash=anchor_hash, sampler_settings=sampler_settings,
                                  reward_ids=reward_ids)
     bank = SeedBank(seeds_per_prompt=rewards.seed_bank_size, base_seed=seed)

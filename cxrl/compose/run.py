@@ -2,8 +2,6 @@
 (the order fixes how much of the global RNG each part draws, and with it a run's exact numbers)."""
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 from pathlib import Path
 
@@ -12,7 +10,7 @@ from cxrl.compose.monitor import build_monitor
 from cxrl.compose.rewards import build_reward_suite
 from cxrl.compose.sources import prompt_pool
 from cxrl.config import Config
-from cxrl.rewards import anchor_weights_hash
+from cxrl.hashing import generator_fingerprint
 from cxrl.rl.anchor import FrozenAnchor
 from cxrl.rl.distributed import DistContext
 from cxrl.rl.logging import MetricsLogger
@@ -31,19 +29,6 @@ def anchor_cache_path(cfg: Config, out: Path, dist: DistContext) -> Path:
     return path.with_name(f"{path.stem}.rank{dist.rank}{path.suffix}") if dist.enabled else path
 
 
-def anchor_fingerprint(gen) -> str:
-    """sha256 of everything the anchor's images depend on: the weights of the UNet, text encoder and VAE, the
-    tokenizer (vocabulary and merges) and the scheduler's configuration."""
-    h = hashlib.sha256()
-    for part in (gen.unet, gen.text_encoder, gen.vae):
-        h.update((anchor_weights_hash(part) if part is not None else "no-vae").encode())
-    backend = getattr(gen.tokenizer, "backend_tokenizer", None)
-    tokenizer = json.loads(backend.to_str()) if backend is not None else sorted(gen.tokenizer.get_vocab().items())
-    scheduler = {k: v for k, v in dict(gen.scheduler.config).items() if not k.startswith("_")}
-    h.update(json.dumps([type(gen.scheduler).__name__, scheduler, tokenizer], sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
 def build_trainer(cfg: Config, pool: PromptPool | None = None, dist: DistContext | None = None,
                   output_dir: str | Path | None = None, generator=None) -> Trainer:
     """The trainer of ``cfg``: prompts (``pool``, default: the ``data`` section's), generator (``generator``, an
@@ -58,7 +43,7 @@ def build_trainer(cfg: Config, pool: PromptPool | None = None, dist: DistContext
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     logger = MetricsLogger(out, enabled=dist.is_main, tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
     gen = generator if generator is not None else build_generator(cfg.model, dist.device, workdir=out / "work" / f"rank{dist.rank}")
-    anchor_hash = anchor_fingerprint(gen)   # before the policy changes the UNet
+    anchor_hash = generator_fingerprint(gen)   # before the policy changes the UNet
     policy = build_policy(gen, cfg.model, cfg.train.seed)
     optimizer = build_optimizer(policy, cfg.train)
     t = cfg.train

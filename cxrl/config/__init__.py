@@ -19,10 +19,9 @@ from pathlib import Path
 import yaml
 
 from cxrl.config import schema
-from cxrl.config.sections import (
-    DATA_SOURCES, EVAL_SOURCES, REWARD_ENTRY_KEYS, SPLITS, CheckpointConfig, DataConfig, DistConfig, EvalConfig,
-    LogConfig, ModelConfig, MonitorConfig, PretrainConfig, RewardsConfig, RewardTrainingConfig, SamplingConfig, TrainConfig,
-)
+from cxrl.config.sections import (DATA_SOURCES, EVAL_SOURCES, REWARD_ENTRY_KEYS, SPLITS, CheckpointConfig, DataConfig,
+                                  DistConfig, EvalConfig, LogConfig, ModelConfig, MonitorConfig, PretrainConfig,
+                                  RewardsConfig, RewardTrainingConfig, SamplingConfig, TrainConfig)
 
 __all__ = [
     "Config", "CheckpointConfig", "DataConfig", "DistConfig", "EvalConfig", "LogConfig", "ModelConfig", "MonitorConfig", "PretrainConfig",

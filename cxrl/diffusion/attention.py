@@ -28,18 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from cxrl import _backend
-from cxrl.diffusion.attention_auto import (
-    AutoAttention,
-    Timer,
-    shape_family,
-    time_on_cuda,
-)
-from cxrl.kernels.flash_attention import (
-    MAX_HEAD_DIM,
-    SUPPORTED_DTYPES,
-    flash_attention,
-    uses_triton,
-)
+from cxrl.diffusion.attention_auto import AutoAttention, Timer, shape_family, time_on_cuda
+from cxrl.kernels.flash_attention import MAX_HEAD_DIM, SUPPORTED_DTYPES, flash_attention, uses_triton
 
 BACKENDS = ("auto", "triton", "xformers", "sdpa")
 

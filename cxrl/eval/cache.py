@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from cxrl.config import EvalConfig, SamplingConfig
 from cxrl.eval.evaluators import Evaluators
 from cxrl.eval.scoring import SampleScores
+from cxrl.hashing import generator_fingerprint
 
 log = logging.getLogger(__name__)
 SCORING_VERSION = 1   # bump when sampling or scoring arithmetic changes: every cached entry becomes a miss
@@ -34,25 +35,6 @@ def _update_with_tensor(h, t: torch.Tensor) -> None:
     h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
     if t.numel():
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-def generator_digest(gen, ace=None) -> str:
-    """sha256 of what makes a generator's samples: every module's state, the scheduler config, the vocabulary."""
-    h = hashlib.sha256()
-    for name in ("unet", "text_encoder", "vae"):
-        module = getattr(gen, name, None)
-        if module is None:
-            continue
-        for key, tensor in sorted(module.state_dict().items()):
-            h.update(f"{name}.{key}|".encode())
-            _update_with_tensor(h, tensor)
-    h.update(json.dumps(dict(gen.scheduler.config), sort_keys=True, default=str).encode())
-    h.update(json.dumps(sorted(gen.tokenizer.get_vocab().items())).encode())
-    if ace is not None:
-        for key, tensor in sorted(ace.state_dict().items()):
-            h.update(f"ace.{key}|".encode())
-            _update_with_tensor(h, tensor)
-    return h.hexdigest()
 
 
 def items_digest(items) -> str:
@@ -68,7 +50,7 @@ def items_digest(items) -> str:
 def evaluation_key(gen, ace, items, evaluators: Evaluators, feature_extractor, e: EvalConfig, s: SamplingConfig) -> str:
     """The cache key of one model's evaluation (see the module docstring for what it covers)."""
     parts = {"version": SCORING_VERSION, "torch": torch.__version__, "device": str(gen.device.type), "dtype": str(gen.dtype),
-             "generator": generator_digest(gen, ace), "items": items_digest(items), "evaluators": evaluators.digests,
+             "generator": generator_fingerprint(gen, ace), "items": items_digest(items), "evaluators": evaluators.digests,
              "evaluator_kinds": sorted(evaluators.describe()), "features": getattr(feature_extractor, "name", None),
              "eval": {k: getattr(e, k) for k in ("samples_per_prompt", "seed", "batch_size", "min_label_prompts")},
              "sampling": {k: getattr(s, k) for k in ("num_steps", "guidance_scale", "eta")}}

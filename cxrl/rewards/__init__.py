@@ -21,14 +21,14 @@ from cxrl.rewards.posture import (
                                   posture_matrix,
                                   sample_postures,
 )
-from cxrl.rewards.rlcf import AnchorScoreCache, SeedBank, anchor_weights_hash, noise_for
+from cxrl.rewards.rlcf import AnchorScoreCache, SeedBank, noise_for
 from cxrl.rewards.suite import RewardOutput, RewardSuite
 from cxrl.rewards.xrv_backend import XRV_TO_CHEXPERT, XRVClassifier
 
 __all__ = [
     "AnchorScoreCache", "AsyncScorer", "CLIPDirEncoder", "CXRClassifier", "ConsistencyReward", "DiagnosticReward",
     "DualEncoder", "FunctionReward", "IDENTITY_POSTURE", "PostureNet", "PostureReward", "RewardError", "RewardModel", "RewardOutput",
-    "RewardSuite", "SeedBank", "XRVClassifier", "XRV_TO_CHEXPERT", "anchor_weights_hash", "canonicalize", "pose_images",
+    "RewardSuite", "SeedBank", "XRVClassifier", "XRV_TO_CHEXPERT", "canonicalize", "pose_images",
     "check_reward_output", "info_nce_loss", "load_custom_reward", "load_evaluator", "load_reward_model",
     "masked_bce_loss", "masked_bce_score", "noise_for", "posture_matrix", "prepare_cxr", "sample_postures", "shipped_path", "to_grayscale",
 ]

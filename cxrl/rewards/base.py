@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from cxrl.data.labeler import label_report
 from cxrl.data.labels import NUM_LABELS, labels_to_tensor
-from cxrl.rewards.rlcf import anchor_weights_hash
+from cxrl.hashing import state_dict_hash
 
 LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -118,7 +118,7 @@ class RewardModel(abc.ABC):
         h = hashlib.sha256(f"{cls.__module__}.{cls.__qualname__}".encode())
         for key, value in sorted(vars(self).items()):
             if isinstance(value, torch.nn.Module):
-                h.update(f"|{key}:{anchor_weights_hash(value)}".encode())
+                h.update(f"|{key}:{state_dict_hash(value)}".encode())
         if cls.__module__.split(".")[0] != "cxrl":
             h.update(f"|source:{file_digest(source_file(cls.score))}".encode())
         return h.hexdigest()

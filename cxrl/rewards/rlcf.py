@@ -65,24 +65,6 @@ def noise_for(seeds: Iterable[int], shape, device=None, dtype=torch.float32) -> 
     return torch.stack(rows).to(device=device, dtype=dtype)
 
 
-def anchor_weights_hash(module_or_state_dict, chunk_bytes: int = 1 << 24) -> str:
-    """sha256 over a state dict (sorted names, dtype, shape, raw bytes), streamed in chunks."""
-    state = module_or_state_dict.state_dict() if hasattr(module_or_state_dict, "state_dict") else module_or_state_dict
-    if not isinstance(state, Mapping):
-        raise TypeError(f"anchor_weights_hash: expected a module or a state dict, got {type(state).__name__}")
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name]
-        if not isinstance(t, torch.Tensor):
-            continue
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        flat = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
-        for start in range(0, flat.numel(), chunk_bytes):
-            h.update(flat[start:start + chunk_bytes].numpy().tobytes())
-    return h.hexdigest()
-
-
 class AnchorScoreCache:
     """Anchor scores per (prompt, seed) under one namespace = hash(anchor weights, sampler settings, rewards).
 

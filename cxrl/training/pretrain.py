@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from cxrl.config import PretrainConfig, validate_section
 from cxrl.diffusion.generator import load_generator, save_generator
-from cxrl.training.pretrain_data import PhantomTrainingSet
 from cxrl.diffusion.tiny import make_tiny_generator
+from cxrl.training.pretrain_data import PhantomTrainingSet
 
 STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 

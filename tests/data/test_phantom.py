@@ -6,7 +6,6 @@ import torch.nn.functional as Fnn
 
 from cxrl.data.labels import labels_to_tensor
 from cxrl.data.phantom import PhantomCXR, posture_matrix, render_phantom, sample_posture
-from cxrl.data.phantom.anatomy import HILA
 
 RES = 64
 SEEDS = range(6)

@@ -86,7 +86,6 @@ def test_scale_reduction_and_errors():
 
 def test_diversity_uses_all_pairs_and_reports_scales():
     base = _smooth_images(2, 64, 6)
-    g = torch.Generator().manual_seed(7)
     # prompt 0: four identical samples (no diversity); prompt 1: four independent images
     same = base[0:1].expand(4, 1, 64, 64)
     different = _smooth_images(4, 64, 8)

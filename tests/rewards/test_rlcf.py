@@ -5,8 +5,8 @@ import logging
 import pytest
 import torch
 
-from cxrl.rewards import (AnchorScoreCache, AsyncScorer, FunctionReward, RewardSuite, SeedBank,
-                          anchor_weights_hash, noise_for)
+from cxrl.hashing import state_dict_hash
+from cxrl.rewards import AnchorScoreCache, AsyncScorer, FunctionReward, RewardSuite, SeedBank, noise_for
 
 
 def brightness(images, prompts, metadata):
@@ -68,12 +68,12 @@ def test_noise_for_is_per_seed():
 
 def test_anchor_hash_tracks_weights():
     net = torch.nn.Linear(4, 3)
-    h = anchor_weights_hash(net)
-    assert h == anchor_weights_hash(net.state_dict()) and len(h) == 64
+    h = state_dict_hash(net)
+    assert h == state_dict_hash(net.state_dict()) and len(h) == 64
     with torch.no_grad():
         net.weight[0, 0] += 1e-3
-    assert anchor_weights_hash(net) != h
-    assert anchor_weights_hash({"w": torch.ones(2, dtype=torch.bfloat16)}) != anchor_weights_hash({"w": torch.ones(2)})
+    assert state_dict_hash(net) != h
+    assert state_dict_hash({"w": torch.ones(2, dtype=torch.bfloat16)}) != state_dict_hash({"w": torch.ones(2)})
 
 
 def test_comparative_sign_and_same_noise_pairing():
@@ -113,7 +113,7 @@ def test_anchor_cache_hits_on_second_epoch_and_equals_resampling(tmp_path):
     path = tmp_path / "anchor_cache.json"
     settings = {"num_steps": 20, "eta": 1.0, "guidance_scale": 3.0}
     sampler = TinySampler()
-    anchor_hash = anchor_weights_hash({"w1": sampler.w1, "w2": sampler.w2})
+    anchor_hash = state_dict_hash({"w1": sampler.w1, "w2": sampler.w2})
     cache = AnchorScoreCache(path, anchor_hash, settings, {"bright": "fn"})
     cached_suite = make_suite(cache=cache, sampler=sampler)
     fresh_sampler = TinySampler()

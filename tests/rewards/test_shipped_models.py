@@ -77,11 +77,6 @@ def test_diagnostic_prefers_image_with_the_reports_findings(which, loader, test_
     assert wins / len(chosen) >= 0.8, (which, wins, len(chosen))
 
 
-def finding_key(labels):
-    """Which drawn findings are present (1 or −1): reports with equal keys render alike."""
-    return tuple(((labels == 1) | (labels == -1))[[CHEXPERT_ORDER.index(n) for n in RENDERED_LABELS]].tolist())
-
-
 @pytest.mark.parametrize("which, loader", SETS)
 def test_consistency_ranks_matching_report_first(which, loader, test_reports):
     reward = loader("consistency")

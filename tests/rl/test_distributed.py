@@ -1,6 +1,5 @@
 """Two real gloo processes: gradient averaging, gathers, sharding, and an error in one rank reaching
 the other as an error (not a hang)."""
-import os
 import socket
 
 import pytest
