@@ -25,6 +25,7 @@ COMMANDS = {
     "bench": ("cxrl.commands.bench", "throughput benchmarks, side by side with baselines"),
     "pretrain": ("cxrl.commands.pretrain", "train the demo base generator on the phantom world"),
     "train-reward": ("cxrl.commands.train_reward", "train a reward model (posture | diagnostic | consistency)"),
+    "anchor-scores": ("cxrl.commands.anchor_scores", "precompute RLCF anchor scores for a config's prompts and seeds"),
     "data": ("cxrl.commands.data", "inspect / preview / prepare datasets"),
     "backend": ("cxrl.commands.backend", "print which compute backends are active and why"),
 }

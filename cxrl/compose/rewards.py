@@ -19,6 +19,8 @@ from cxrl.rewards.xrv_backend import xrv_weights_present
 
 log = logging.getLogger(__name__)
 SCORE_NEUTRAL_KEYS = ("weight", "comparative", "strict")   # how a score is used, not what it is
+# anchor scores `cxrl anchor-scores` precomputed, one file per cache namespace (the demo's ship with cxrl)
+SHIPPED_ANCHOR_SCORES = Path(__file__).resolve().parent.parent / "assets" / "anchor_scores"
 
 
 def reward_from_config(entry: Mapping, device="cpu") -> tuple[RewardModel, float]:
@@ -67,7 +69,11 @@ def build_reward_suite(rewards: RewardsConfig, sampling: SamplingConfig, device,
         sampler_settings = {"num_steps": sampling.num_steps, "guidance_scale": sampling.guidance_scale,
                             "eta": sampling.eta, "step_noise": "per-sample"}
         cache = AnchorScoreCache(cache_path, anchor_hash=anchor_hash, sampler_settings=sampler_settings,
-                                 reward_ids=reward_ids)
+                                 reward_ids=reward_ids,
+                                 preload_dirs=[*([rewards.anchor_scores] if rewards.anchor_scores else []), SHIPPED_ANCHOR_SCORES])
+        if cache.preloaded:
+            log.info("RLCF: %d precomputed anchor scores of this exact anchor, sampler and rewards (namespace %s)",
+                     cache.preloaded, cache.namespace[:16])
     bank = SeedBank(seeds_per_prompt=rewards.seed_bank_size, base_seed=seed)
     return RewardSuite(models, weights, feedback=rewards.feedback, anchor_sampler=anchor_sampler, cache=cache,
                        seed_bank=bank, latent_shape=latent_shape)

@@ -54,6 +54,8 @@ class RewardsConfig:
     feedback: str = opt("comparative", "'comparative' = RLCF (score minus the frozen anchor's score on the same prompt "
                         "and initial noise); 'direct' = raw scores (the w/o-RLCF ablation)", choices=["comparative", "direct"])
     anchor_cache: str = opt("", "anchor-score cache file (JSON); '' puts it at <output>/anchor_cache.json")
+    anchor_scores: str = opt("", "a directory of precomputed anchor scores (`cxrl anchor-scores --out DIR`), read when "
+                             "their namespace matches; the ones shipped in cxrl/assets/anchor_scores are always read")
     seed_bank_size: int = opt(4, "initial-noise seeds kept per prompt (the anchor cache hits across epochs)", lo=1)
     seed_bank_seed: int = opt(0, "seed of the seed bank (apart from train.seed, so that every training seed draws its "
                               "initial noises — and hits cached anchor scores — from the same bank)", lo=0)

@@ -9,6 +9,7 @@ noise from a seed identically on every device.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -74,7 +75,7 @@ class AnchorScoreCache:
     """
 
     def __init__(self, path=None, anchor_hash: str = "", sampler_settings: Mapping | None = None,
-                 reward_ids: Mapping | None = None):
+                 reward_ids: Mapping | None = None, preload_dirs: Iterable = ()):
         meta = {"anchor_hash": anchor_hash, "sampler": dict(sampler_settings or {}), "rewards": dict(reward_ids or {})}
         self.meta = meta
         self.namespace = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()
@@ -91,6 +92,15 @@ class AnchorScoreCache:
                 raise ValueError(f"anchor cache {self.path} is not valid JSON ({err}); delete it to start a fresh cache") from err
             if data.get("namespace") == self.namespace:
                 self.entries = {k: dict(v) for k, v in data.get("entries", {}).items()}
+        self.preloaded = 0
+        for directory in preload_dirs:   # precomputed scores of this exact namespace (`cxrl anchor-scores`)
+            shipped = Path(directory) / f"{self.namespace}.json.gz"
+            if shipped.is_file():
+                with gzip.open(shipped, "rt", encoding="utf-8") as fh:
+                    entries = json.load(fh)["entries"]
+                for key, scores in entries.items():
+                    self.entries.setdefault(key, dict(scores))
+                self.preloaded += len(entries)
 
     @staticmethod
     def key(prompt: str, seed: int) -> str:
@@ -126,5 +136,19 @@ class AnchorScoreCache:
             os.replace(tmp, self.path)
             self._dirty = False
 
+    def export(self, directory) -> Path:
+        """Write every entry to ``directory/<namespace>.json.gz``: what ``preload_dirs`` reads back."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f"{self.namespace}.json.gz"
+        with self._lock:
+            payload = json.dumps({"namespace": self.namespace, "meta": self.meta, "entries": self.entries},
+                                 sort_keys=True, separators=(",", ":"))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=target.name, suffix=".tmp")
+        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as fh:
+            fh.write(payload.encode())
+        os.replace(tmp, target)
+        return target
+
     def stats(self) -> dict:
-        return {"entries": len(self.entries), "hits": self.hits, "misses": self.misses}
+        return {"entries": len(self.entries), "hits": self.hits, "misses": self.misses, "preloaded": self.preloaded}

@@ -91,7 +91,9 @@ class RewardSuite:
                 out[:, k] = self.models[name](images, prompts, metadata).to(out.device)
         return out
 
-    def _anchor_scores(self, prompts, metadata, seeds, initial_noise, device) -> torch.Tensor:
+    def anchor_scores(self, prompts, metadata, seeds, initial_noise, device) -> torch.Tensor:
+        """[B, K] anchor scores s_k(x̂) of the comparative components (nan elsewhere): cached ones where the cache
+        has them, else sampled from ``initial_noise`` (or the seeds' noise) and put in the cache."""
         comp = [k for k, c in enumerate(self.comparative) if c]
         comp_names = [self.names[k] for k in comp]
         anchor = torch.full((len(prompts), len(self.names)), float("nan"), device=device)
@@ -151,7 +153,7 @@ class RewardSuite:
                     raise ValueError(f"RewardSuite: {anchor_images.shape[0]} anchor images for {images.shape[0]} policy images")
                 anchor = self.score_images(anchor_images, prompts, metadata, which=comp).to(policy.device)
             else:
-                anchor = self._anchor_scores(prompts, metadata, seeds, initial_noise, policy.device)
+                anchor = self.anchor_scores(prompts, metadata, seeds, initial_noise, policy.device)
             components[:, comp] = policy[:, comp] - anchor[:, comp]
         finite = torch.isfinite(components)
         valid = finite.all(dim=1)
