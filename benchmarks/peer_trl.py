@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -161,14 +162,30 @@ def peer_config(preset: str, s: EpochSetting, model_dir: Path, out_dir: Path, de
 
 @contextmanager
 def deterministic_algorithms(on: bool):
-    """A process-global torch flag each library sets (cxrl: ``train.deterministic``) or leaves off (TRL):
-    each provider runs with its own, as it would in its own process."""
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    """Process-global torch flags that cxrl sets at ``Trainer`` init when ``train.deterministic`` (deterministic
+    algorithms, deterministic cuDNN) and TRL leaves off: each provider runs with its own, as in its own process."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic)
     torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.deterministic = on
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic = before[2]
+
+
+class CpuClock:
+    """Calls ``fn`` and keeps the process CPU seconds of each call (all threads): on a loaded shared CPU this
+    varies far less than wall time, which waits for other jobs."""
+
+    def __init__(self, fn):
+        self.fn, self.seconds = fn, []
+
+    def __call__(self):
+        start = time.process_time()
+        self.fn()
+        self.seconds.append(time.process_time() - start)
 
 
 class StageClock:
@@ -285,14 +302,13 @@ def run_preset(preset: str, s: EpochSetting, device: str, workdir: Path, model_d
                            f"{rows['cxrl']} rows training {params['cxrl']}: not the same work")
     for lst in (cxrl_metrics, *trl.clock.seconds.values()):
         lst.clear()   # stage figures from the timed epochs only
-    timings = time_side_by_side({"trl": trl, "cxrl": cxrl_call}, reps=s.reps, warmup=0, device=device)
+    cpu = {"trl": CpuClock(trl), "cxrl": CpuClock(cxrl_call)}
+    timings = time_side_by_side(cpu, reps=s.reps, warmup=0, device=device)
     trainer.close()
-    return _result(preset, s, cfg, timings, rows["cxrl"], params["cxrl"], trl, cxrl_metrics, device)
+    return _result(preset, s, cfg, timings, rows["cxrl"], params["cxrl"], trl, cxrl_metrics, cpu)
 
 
-def _result(preset, s, cfg, timings, rows, params, trl, cxrl_metrics, device) -> CaseResult:
-    import statistics
-
+def _result(preset, s, cfg, timings, rows, params, trl, cxrl_metrics, cpu) -> CaseResult:
     med = statistics.median
     n, t = cfg.sampling.samples_per_epoch, cfg.train
     extra = {"images_per_epoch": float(n), "steps": float(cfg.sampling.num_steps),
@@ -306,6 +322,8 @@ def _result(preset, s, cfg, timings, rows, params, trl, cxrl_metrics, device) ->
         extra[f"cxrl_{stage}_s"] = med([m[f"throughput/{key}"] for m in cxrl_metrics])
     for name, timing in timings.items():
         extra[f"{name}_epoch_img_per_s"] = n / timing.median
+        extra[f"{name}_epoch_cpu_s"] = med(cpu[name].seconds)
+    extra["cpu_time_trl_over_cxrl"] = extra["trl_epoch_cpu_s"] / extra["cxrl_epoch_cpu_s"]
     precision = "bf16" if cfg.model.dtype == "bfloat16" else "fp32"
     mode = (f"{preset}-{n}img-{cfg.sampling.num_steps}steps-tf{t.timestep_fraction}-cfg{cfg.sampling.guidance_scale}-"
             f"{cfg.model.finetune}-{precision}")

@@ -92,7 +92,7 @@ def test_trl_and_cxrl_epochs_run_side_by_side_doing_the_same_work(path, tmp_path
     # both sides train LoRA r4 (A: 4 x in, B: out x 4) on the UNet's attention projections and nothing else
     lora = sum(m.in_features * 4 + 4 * m.out_features for n, m in _unet_linears(model) if n.endswith(_TARGETS))
     assert x["trained_parameters"] == lora
-    for key in ("trl_sample_s", "trl_train_s", "cxrl_sample_s", "cxrl_train_s"):
+    for key in ("trl_sample_s", "trl_train_s", "cxrl_sample_s", "cxrl_train_s", "trl_epoch_cpu_s", "cxrl_epoch_cpu_s"):
         assert 0 < x[key] < float("inf"), key
     assert all(len(t.seconds) == s.reps for t in result.timings.values())
 
