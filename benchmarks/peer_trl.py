@@ -19,7 +19,7 @@ Presets: ``defaults`` = cxrl's config defaults (20 steps, CFG 5, 32 images in ba
 fraction 1.0, train batch 2) and ``case`` = the rl_epoch case's setting (8 images, 4 steps, 2 trained on the
 CPU; 32 images, 20 steps, 10 trained at the GPU's SD-1.5 shape).
 
-``python -m benchmarks.peer_trl [--size cpu|gpu] [--preset defaults|case] [--threads N]``
+``python -m benchmarks.peer_trl [--size cpu|gpu] [--preset defaults|case] [--threads N] [--reps N]``
 (``--threads 0``: torch's default thread count, as a new user's process has it).
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ TRL_LORA = {"rank": 4, "alpha": 4.0}   # DefaultDDPOStableDiffusionPipeline hard
 # images; GPU: the SD-1.5 shape of the rl_epoch case (bf16 weights on both sides).
 PEER_SETTINGS = {
     "cpu": dataclasses.replace(SETTINGS["cpu"], name="cpu-tiny-latent-4x16x16", arch="latent", widths=(32, 64),
-                               latent=16, image_channels=3),
+                               latent=16, image_channels=3, reps=7),
     "gpu": SETTINGS["gpu"],
 }
 # The suite runs the case's setting; ``--preset defaults`` (cxrl's config defaults: 32 images x 20 steps, every
@@ -330,13 +330,13 @@ def _result(preset, s, cfg, timings, rows, params, trl, cxrl_metrics, cpu) -> Ca
     return CaseResult(CASE, s.name, mode, timings, baseline="trl", extra=extra)
 
 
-def run_peers(size: str, device: str, workdir: Path, presets=None) -> list[CaseResult]:
+def run_peers(size: str, device: str, workdir: Path, presets=None, reps: int | None = None) -> list[CaseResult]:
     """The TRL peer rows of a size; none (and one line on stderr saying why) when trl is not importable."""
     reason = trl_unavailable_reason()
     if reason is not None:
         print(f"rl_epoch: TRL peer skipped: {reason}", file=sys.stderr, flush=True)
         return []
-    s = PEER_SETTINGS[size]
+    s = PEER_SETTINGS[size] if reps is None else dataclasses.replace(PEER_SETTINGS[size], reps=reps)
     workdir.mkdir(parents=True, exist_ok=True)
     model_dir = save_model(s, device, workdir)
     return [run_preset(p, s, device, workdir, model_dir) for p in (presets or PEER_PRESETS[size])]
@@ -351,6 +351,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", choices=["cpu", "gpu"], default="gpu" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--preset", action="append", choices=["defaults", "case"], help="default: the size's presets")
     parser.add_argument("--threads", type=int, default=1, help="intra-op torch threads on the CPU (0 = torch's default)")
+    parser.add_argument("--reps", type=int, default=None, help="timed epochs per provider (default: the size's)")
     parser.add_argument("--no-csv", action="store_true", help="print only; do not append to benchmarks/results")
     args = parser.parse_args(argv)
     device = device_for_size(args.size)
@@ -361,7 +362,7 @@ def main(argv=None) -> int:
         print(f"peer_trl: {reason}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="cxrl-bench-trl-") as work:
-        for result in run_peers(args.size, device, Path(work), args.preset):
+        for result in run_peers(args.size, device, Path(work), args.preset, args.reps):
             if not args.no_csv:
                 print("  ->", append_csv(result))
             print(result.table(), flush=True)
