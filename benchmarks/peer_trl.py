@@ -19,7 +19,7 @@ Presets: ``defaults`` = cxrl's config defaults (20 steps, CFG 5, 32 images in ba
 fraction 1.0, train batch 2) and ``case`` = the rl_epoch case's setting (8 images, 4 steps, 2 trained on the
 CPU; 32 images, 20 steps, 10 trained at the GPU's SD-1.5 shape).
 
-``python -m benchmarks.peer_trl [--size cpu|gpu] [--preset defaults|case] [--threads N] [--reps N]``
+``python -m benchmarks.peer_trl [--size cpu|gpu] [--preset defaults|case] [--threads N] [--reps N] [--set K=V]``
 (``--threads 0``: torch's default thread count, as a new user's process has it).
 """
 from __future__ import annotations
@@ -136,10 +136,11 @@ def ddpo_settings(cfg, device_type: str) -> tuple[dict, bool]:
     return kwargs, m.finetune == "lora"
 
 
-def peer_config(preset: str, s: EpochSetting, model_dir: Path, out_dir: Path, device: str):
+def peer_config(preset: str, s: EpochSetting, model_dir: Path, out_dir: Path, device: str, overrides=()):
     """The cxrl config of a preset: its defaults or the case's numbers, made expressible in TRL (no anchor,
-    no ACE) and with the same reward; the run-time settings (determinism, overlap, attention) stay cxrl's."""
-    from cxrl.config import from_dict
+    no ACE) and with the same reward; the run-time settings (determinism, overlap, attention) stay cxrl's
+    unless ``overrides`` (``key=value`` as on cxrl's command line) change them."""
+    from cxrl.config import apply_overrides, from_dict
 
     if preset not in ("defaults", "case"):
         raise ValueError(f"preset {preset!r}: expected 'defaults' or 'case'")
@@ -154,7 +155,7 @@ def peer_config(preset: str, s: EpochSetting, model_dir: Path, out_dir: Path, de
                             "samples_per_epoch": s.samples, "group_size": s.group_size}
         tree["train"].update({"batch_size": s.train_batch, "gradient_accumulation": s.grad_accum,
                               "timestep_fraction": s.timestep_fraction, "advantage_window": 16, "advantage_min_count": 16})
-    return from_dict(tree)
+    return apply_overrides(from_dict(tree), list(overrides))
 
 
 # -- the two providers ----------------------------------------------------------------------------
@@ -287,10 +288,10 @@ def audit(unet, decoder, fn) -> dict:
     return {"unet_no_grad": rows["no_grad"], "unet_grad": rows["grad"], "vae_decode": decoded["no_grad"] + decoded["grad"]}
 
 
-def run_preset(preset: str, s: EpochSetting, device: str, workdir: Path, model_dir: Path) -> CaseResult:
+def run_preset(preset: str, s: EpochSetting, device: str, workdir: Path, model_dir: Path, overrides=()) -> CaseResult:
     from .bench_rl_epoch import _prompt_entries
 
-    cfg = peer_config(preset, s, model_dir, workdir / f"cxrl-{preset}", device)
+    cfg = peer_config(preset, s, model_dir, workdir / f"cxrl-{preset}", device, overrides)
     sampling = cfg.sampling
     entries = _prompt_entries(sampling.samples_per_epoch // sampling.group_size)
     trainer, cxrl_call, cxrl_metrics = build_cxrl(cfg, entries, device, workdir / f"cxrl-{preset}")
@@ -305,10 +306,10 @@ def run_preset(preset: str, s: EpochSetting, device: str, workdir: Path, model_d
     cpu = {"trl": CpuClock(trl), "cxrl": CpuClock(cxrl_call)}
     timings = time_side_by_side(cpu, reps=s.reps, warmup=0, device=device)
     trainer.close()
-    return _result(preset, s, cfg, timings, rows["cxrl"], params["cxrl"], trl, cxrl_metrics, cpu)
+    return _result(preset, s, cfg, timings, rows["cxrl"], params["cxrl"], trl, cxrl_metrics, cpu, overrides)
 
 
-def _result(preset, s, cfg, timings, rows, params, trl, cxrl_metrics, cpu) -> CaseResult:
+def _result(preset, s, cfg, timings, rows, params, trl, cxrl_metrics, cpu, overrides) -> CaseResult:
     med = statistics.median
     n, t = cfg.sampling.samples_per_epoch, cfg.train
     extra = {"images_per_epoch": float(n), "steps": float(cfg.sampling.num_steps),
@@ -326,11 +327,12 @@ def _result(preset, s, cfg, timings, rows, params, trl, cxrl_metrics, cpu) -> Ca
     extra["cpu_time_trl_over_cxrl"] = extra["trl_epoch_cpu_s"] / extra["cxrl_epoch_cpu_s"]
     precision = "bf16" if cfg.model.dtype == "bfloat16" else "fp32"
     mode = (f"{preset}-{n}img-{cfg.sampling.num_steps}steps-tf{t.timestep_fraction}-cfg{cfg.sampling.guidance_scale}-"
-            f"{cfg.model.finetune}-{precision}")
+            f"{cfg.model.finetune}-{precision}" + "".join(f" cxrl:{o}" for o in overrides))
     return CaseResult(CASE, s.name, mode, timings, baseline="trl", extra=extra)
 
 
-def run_peers(size: str, device: str, workdir: Path, presets=None, reps: int | None = None) -> list[CaseResult]:
+def run_peers(size: str, device: str, workdir: Path, presets=None, reps: int | None = None,
+              overrides=()) -> list[CaseResult]:
     """The TRL peer rows of a size; none (and one line on stderr saying why) when trl is not importable."""
     reason = trl_unavailable_reason()
     if reason is not None:
@@ -339,7 +341,7 @@ def run_peers(size: str, device: str, workdir: Path, presets=None, reps: int | N
     s = PEER_SETTINGS[size] if reps is None else dataclasses.replace(PEER_SETTINGS[size], reps=reps)
     workdir.mkdir(parents=True, exist_ok=True)
     model_dir = save_model(s, device, workdir)
-    return [run_preset(p, s, device, workdir, model_dir) for p in (presets or PEER_PRESETS[size])]
+    return [run_preset(p, s, device, workdir, model_dir, overrides) for p in (presets or PEER_PRESETS[size])]
 
 
 def main(argv=None) -> int:
@@ -352,6 +354,8 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", action="append", choices=["defaults", "case"], help="default: the size's presets")
     parser.add_argument("--threads", type=int, default=1, help="intra-op torch threads on the CPU (0 = torch's default)")
     parser.add_argument("--reps", type=int, default=None, help="timed epochs per provider (default: the size's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a cxrl setting for the cxrl side, e.g. train.deterministic=false (TRL gets the mapped ones)")
     parser.add_argument("--no-csv", action="store_true", help="print only; do not append to benchmarks/results")
     args = parser.parse_args(argv)
     device = device_for_size(args.size)
@@ -362,7 +366,7 @@ def main(argv=None) -> int:
         print(f"peer_trl: {reason}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="cxrl-bench-trl-") as work:
-        for result in run_peers(args.size, device, Path(work), args.preset, args.reps):
+        for result in run_peers(args.size, device, Path(work), args.preset, args.reps, args.overrides):
             if not args.no_csv:
                 print("  ->", append_csv(result))
             print(result.table(), flush=True)

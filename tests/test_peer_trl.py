@@ -120,3 +120,12 @@ def test_unequal_work_is_refused(tmp_path, monkeypatch, one_thread):
     model = peer_trl.save_model(s, "cpu", tmp_path)
     with pytest.raises(RuntimeError, match="not the same work"):
         peer_trl.run_preset("case", s, "cpu", tmp_path, model)
+
+
+def test_command_line_overrides_reach_the_cxrl_side_and_the_mapping_checks_them(tmp_path):
+    s = peer_trl.PEER_SETTINGS["cpu"]
+    cfg = peer_trl.peer_config("case", s, tmp_path, tmp_path / "o", "cpu", ["train.deterministic=false"])
+    assert cfg.train.deterministic is False and peer_trl.ddpo_settings(cfg, "cpu")[0]["sample_num_steps"] == s.steps
+    cfg = peer_trl.peer_config("case", s, tmp_path, tmp_path / "o", "cpu", ["model.ace_tokens=2"])
+    with pytest.raises(ValueError, match="no ACE"):
+        peer_trl.ddpo_settings(cfg, "cpu")
