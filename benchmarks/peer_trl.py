@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from .bench_rl_epoch import SETTINGS, TINY_SD15, EpochSetting, UNetAudit, build_generator, mean_intensity
+from .bench_rl_epoch import (SETTINGS, TINY_SD15, EpochSetting, UNetAudit, _prompt_entries, build_generator,
+                             mean_intensity)
 from .harness import CaseResult, synced_clock, time_side_by_side
 
 CASE = "rl_epoch_trl"
@@ -289,8 +290,6 @@ def audit(unet, decoder, fn) -> dict:
 
 
 def run_preset(preset: str, s: EpochSetting, device: str, workdir: Path, model_dir: Path, overrides=()) -> CaseResult:
-    from .bench_rl_epoch import _prompt_entries
-
     cfg = peer_config(preset, s, model_dir, workdir / f"cxrl-{preset}", device, overrides)
     sampling = cfg.sampling
     entries = _prompt_entries(sampling.samples_per_epoch // sampling.group_size)
