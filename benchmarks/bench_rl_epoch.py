@@ -8,6 +8,8 @@ Providers, side by side on the same UNet + LoRA, prompts, initial noise and sett
                recur, so after a warm-up epoch every anchor score is a hit), overlapped reward scoring.
   cxrl_sequential_scoring   the same with ``rewards.overlap=false``.
   bare_unet    the cxrl epoch's UNet forwards and forward+backwards on the same tensors, nothing else.
+  trl          TRL's ``DDPOTrainer`` (the real peer, ``pip install '.[peers]'``): its own rows, case ``rl_epoch_trl``,
+               on an SD-layout model at equal settings with no anchor on either side (``benchmarks/peer_trl.py``).
 Each provider first runs one audited epoch counting the UNet rows it processes; unequal work is refused.
 UNet FLOPs come from ``torch.utils.flop_counter``; MFU is against a matmul measured in the same run.
 Sizes: ``cpu`` a tiny pixel UNet; ``gpu`` the SD-1.5 UNet shape with random weights and an SD VAE, batch
@@ -324,9 +326,13 @@ def _result(s, device, timings, eager, cxrl_metrics, bare, rows) -> CaseResult:
 
 def run(size: str = "cpu") -> list[CaseResult]:
     """``cpu``: the tiny pixel setting on the CPU, one intra-op thread; ``gpu``: the SD-1.5 shape on CUDA."""
+    # peer_trl builds on this module's settings and audit, so importing it at the top would be a cycle
+    from .peer_trl import run_peers
+
     device = device_for_size(size)
     with single_thread_on_cpu(device), tempfile.TemporaryDirectory(prefix="cxrl-bench-rl-") as work:
-        return [run_setting(SETTINGS[size], device, Path(work))]
+        results = [run_setting(SETTINGS[size], device, Path(work))]
+        return results + run_peers(size, device, Path(work) / "trl")   # [] (and why, on stderr) without trl
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import bench_attention, bench_ddim_step, bench_rewards, bench_rl_epoch, bench_trajectory, eager_ddpo, runner
+from benchmarks import (bench_attention, bench_ddim_step, bench_rewards, bench_rl_epoch, bench_trajectory, eager_ddpo,
+                        peer_trl, runner)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PIXEL = dataclasses.replace(bench_rl_epoch.SETTINGS["cpu"], name="tiny-pixel", latent=16, samples=4,
@@ -115,10 +116,12 @@ def test_every_case_runs_through_the_runner_at_a_tiny_size(tmp_path, monkeypatch
     monkeypatch.setattr(bench_trajectory, "Workload",
                         lambda n, t, shape, device, reps, warmup: workload(12, 2, (1, 3, 3), device, reps=1, warmup=0))
     monkeypatch.setitem(bench_rl_epoch.SETTINGS, "cpu", TINY_PIXEL)
+    monkeypatch.setitem(peer_trl.PEER_SETTINGS, "cpu", peer_trl.TINY_PEERS["cpu-path"])
     json_path = tmp_path / "all.json"
     assert runner.main(["--size", "cpu", "--json", str(json_path), "--results-dir", str(tmp_path / "res")]) == 0
     cases = {row["case"] for row in json.loads(json_path.read_text())["results"]}
-    assert cases == {"ddim_step", "attention", "trajectory_store", "rewards_overlap", "rewards_anchor_cache", "rl_epoch"}
+    peer = {"rl_epoch_trl"} if peer_trl.trl_unavailable_reason() is None else set()   # the optional TRL peer
+    assert cases == {"ddim_step", "attention", "trajectory_store", "rewards_overlap", "rewards_anchor_cache", "rl_epoch"} | peer
     with (tmp_path / "res" / "rl_epoch.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert {r["provider"] for r in rows} == {"eager_ddpo", "cxrl", "cxrl_sequential_scoring", "bare_unet"}
