@@ -147,6 +147,7 @@ SHORT = {  # the headline keys each step shows on its one table line
     "attention": ("rows", "goal_met", "auto_slower_than_best"),
     "unet_equivalence": ("precision", "rel_err_triton_out", "rel_err_triton_grad", "triton_attention_shapes"),
     "rl_epoch": ("cxrl_vs_eager", "overhead_epoch_vs_bare_unet", "mfu_bare_unet", "mfu_cxrl_epoch"),
+    "peer_trl": ("cxrl_vs_trl[case]", "cxrl_vs_trl[defaults]"),
     "gpu_check": ("checks", "failed"),
 }
 
@@ -173,6 +174,10 @@ def _details(entry: dict) -> list[str]:
         return ["  processor  fwd+bwd ms  rel err out  grad      attn grad  first call s"] + [
             f"  {r['processor']:9s} {r['fwd_bwd_ms']:10.2f}  {r['rel_err_out']:.2e}   {r['rel_err_grad']:.2e}  "
             f"{r['rel_err_attn_grad']:.2e}  {r['first_call_s']:.1f}" for r in rows]
+    if name == "peer_trl":
+        return ["  preset                                        TRL epoch s  cxrl epoch s  cxrl speed-up (goal >= 1.5)"] + [
+            f"  {r['preset'][:45]:45s} {r['trl_epoch_s']:11.2f} {r['cxrl_epoch_s']:13.2f} {r['cxrl_speedup_over_trl']:9.2f}"
+            for r in rows]
     if name == "rl_epoch":
         return ["  provider                   epoch s   img/s  x vs eager"] + [
             f"  {r['provider']:26s} {r['epoch_s']:7.2f} {r['images_per_s']:7.2f} {r['x_vs_eager']:10.2f}" for r in rows]

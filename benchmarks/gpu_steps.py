@@ -201,12 +201,46 @@ def rl_epoch_step(rec: StepRecord, rehearse: bool) -> None:
     rec.check("cxrl's anchor scores came from the cache", anchors == 0, f"{anchors:g} anchor images sampled")
 
 
+def peer_trl_step(rec: StepRecord, rehearse: bool) -> None:
+    """TRL's DDPOTrainer beside cxrl at equal settings (benchmarks/peer_trl.py) at the SD-1.5 shape: one timed epoch
+    each after the audited one; the goal is cxrl >= 1.5x TRL. Skipped with the reason when trl does not import."""
+    import dataclasses
+    import tempfile
+
+    from . import peer_trl
+    from .harness import append_csv
+
+    reason = peer_trl.trl_unavailable_reason()
+    if reason is not None:
+        rec.skip(f"trl not importable ({reason}); carry the wheels of ../shared/tools/device-wheels.sh --peers")
+        return
+    device = device_for(rehearse)
+    size = "gpu"
+    if rehearse:   # the GPU code path (SD-1.5 layout, bf16 mapping) at tiny widths on the CPU
+        peer_trl.PEER_SETTINGS[size] = dataclasses.replace(peer_trl.TINY_PEERS["gpu-path"], reps=1)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cxrl-suite-trl-") as work:
+        results = peer_trl.run_peers(size, device, Path(work), reps=1)
+    wall = time.perf_counter() - t0
+    timed = sum(sum(t.seconds) for r in results for t in r.timings.values())
+    rec.add_time(compile_s=wall - timed, run_s=timed)
+    for result in results:
+        append_csv(result, os.environ.get("CXRL_BENCH_RESULTS"))
+        print(result.table(), flush=True)
+        speedup = result.timings["trl"].median / result.timings["cxrl"].median
+        rec.row({"preset": result.mode, "trl_epoch_s": result.timings["trl"].median,
+                 "cxrl_epoch_s": result.timings["cxrl"].median, "cxrl_speedup_over_trl": speedup})
+        rec.headline(**{f"cxrl_vs_trl[{result.mode.split('-')[0]}]": speedup})
+    rec.check("peer rows", bool(results), f"{len(results)} preset(s)")
+
+
 STEPS = {
     "backend": "benchmarks.gpu_steps:backend_step",
     "ddim_bandwidth": "benchmarks.gpu_bandwidth:bandwidth_step",
     "attention": "benchmarks.bench_attention:suite_step",
     "unet_equivalence": "benchmarks.gpu_unet_check:unet_equivalence_step",
     "rl_epoch": "benchmarks.gpu_steps:rl_epoch_step",
+    "peer_trl": "benchmarks.gpu_steps:peer_trl_step",
     "gpu_check": "benchmarks.gpu_check:suite_step",
 }
 

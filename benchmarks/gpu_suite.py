@@ -54,20 +54,22 @@ class Step:
 
 
 STEPS = (
-    Step("setup", "carried wheels, import paths, what is installed", 30, 60, kind="driver"),
-    Step("build", "cxrl._C (C++ trajectory store)", 40, 90, kind="driver"),
-    Step("backend", "versions, device, cxrl backend report", 20, 60),
-    Step("kernels_ddim", "tests/kernels: fused DDIM step vs reference, fp32/bf16", 50, 90, ("diffusers", "cuda"),
+    Step("setup", "carried wheels, import paths, what is installed", 20, 50, kind="driver"),
+    Step("build", "cxrl._C (C++ trajectory store)", 35, 80, kind="driver"),
+    Step("backend", "versions, device, cxrl backend report", 15, 50),
+    Step("kernels_ddim", "tests/kernels: fused DDIM step vs reference, fp32/bf16", 40, 90, ("diffusers", "cuda"),
          "pytest", "tests/kernels/test_ddim_logprob.py"),
-    Step("kernels_flash", "tests/kernels: flash attention vs fp64, fp32/fp16/bf16", 55, 90, ("cuda",),
+    Step("kernels_flash", "tests/kernels: flash attention vs fp64, fp32/fp16/bf16", 50, 90, ("cuda",),
          "pytest", "tests/kernels/test_flash_attention.py"),
-    Step("ddim_bandwidth", "fused DDIM step GB/s vs copy GB/s, same run", 25, 60, ("cuda",)),
-    Step("attention", "flash attention fwd, fwd+bwd at SD-1.5 shapes vs SDPA/xformers, auto's pick", 75, 90, ("cuda",)),
-    Step("unet_equivalence", "SD-1.5 UNet: cxrl processor == SDPA processor, bf16 fwd+bwd", 40, 120,
+    Step("ddim_bandwidth", "fused DDIM step GB/s vs copy GB/s, same run", 20, 60, ("cuda",)),
+    Step("attention", "flash attention fwd, fwd+bwd at SD-1.5 shapes vs SDPA/xformers, auto's pick", 65, 90, ("cuda",)),
+    Step("unet_equivalence", "SD-1.5 UNet: cxrl processor == SDPA processor, bf16 fwd+bwd", 35, 100,
          ("diffusers", "cuda")),
-    Step("rl_epoch", "RL epoch at the SD-1.5 shape: cxrl vs eager vs bare UNet (+ peers)", 110, 180,
+    Step("rl_epoch", "RL epoch at the SD-1.5 shape: cxrl vs eager vs bare UNet", 80, 150,
          ("diffusers", "cxrl._C", "cuda")),
-    Step("gpu_check", "large-shape kernels, eager step, overlapped scoring on CUDA streams", 25, 150,
+    Step("peer_trl", "RL epoch at the SD-1.5 shape: cxrl vs TRL's DDPOTrainer, equal settings (goal >= 1.5x)", 75, 120,
+         ("diffusers", "cxrl._C", "cuda", "trl")),
+    Step("gpu_check", "large-shape kernels, eager step, overlapped scoring on CUDA streams", 15, 100,
          ("diffusers", "cuda")),
 )
 
@@ -179,10 +181,10 @@ def setup_step(suite: Suite, timeout: float) -> dict:
             notes.append(f"{len(wheels)} carried wheels installed to {target}")
     found = probe(suite, max(timeout - (time.monotonic() - t0), 5))
     suite.have = {"diffusers": bool(found.get("diffusers")), "cxrl._C": bool(found.get("cxrl._C")),
-                  "pybind11": bool(found.get("pybind11")), "xdist": bool(found.get("xdist"))}
+                  "pybind11": bool(found.get("pybind11")), "xdist": bool(found.get("xdist")), "trl": bool(found.get("trl"))}
     if not found:
         status, notes = "fail", notes + ["the import probe failed (setup.log)"]
-        suite.have["diffusers"] = suite.have["cxrl._C"] = True   # unknown: let the steps find out
+        suite.have["diffusers"] = suite.have["cxrl._C"] = suite.have["trl"] = True   # unknown: let the steps find out
     if found and not found.get("diffusers") and not wheels:
         suite.hint = WHEEL_HINT
         suite.log.line(WHEEL_HINT)
@@ -255,6 +257,8 @@ def unmet_need(suite: Suite, step: Step) -> str | None:
                                                                     "see setup")
         if need == "cxrl._C" and not suite.have.get("cxrl._C", True):
             return "needs cxrl._C, which did not build or import (build.log)"
+        if need == "trl" and not suite.have.get("trl"):
+            return "needs trl: run ../shared/tools/device-wheels.sh --peers and carry .whl"
     return None
 
 

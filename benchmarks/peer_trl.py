@@ -249,11 +249,11 @@ class TRLEpoch:
 
 
 def build_cxrl(cfg, entries: list[dict], device: str, out_dir: Path):
+    from cxrl.compose import build_trainer   # as every case: see benchmarks/__init__.py
     from cxrl.rl.distributed import DistContext
     from cxrl.rl.prompts import PromptPool
-    from cxrl.rl.trainer import Trainer
 
-    trainer = Trainer(cfg, PromptPool(entries), dist=DistContext(device=torch.device(device)), output_dir=out_dir)
+    trainer = build_trainer(cfg, PromptPool(entries), dist=DistContext(device=torch.device(device)), output_dir=out_dir)
     metrics: list[dict] = []
     epochs = iter(range(1, 10**9))
 

@@ -46,11 +46,11 @@ def _check_files_and_table(out: Path, proc) -> None:
 def test_steps_come_in_the_issue_order_and_their_caps_fit_the_budget():
     names = [s.name for s in gpu_suite.STEPS]
     assert names == ["setup", "build", "backend", "kernels_ddim", "kernels_flash", "ddim_bandwidth", "attention",
-                     "unet_equivalence", "rl_epoch", "gpu_check"]
+                     "unet_equivalence", "rl_epoch", "peer_trl", "gpu_check"]
     assert gpu_suite.caps_sum(rehearse=False) <= gpu_suite.BUDGET_S == 480
     assert gpu_suite.caps_sum(rehearse=True) <= gpu_suite.REHEARSAL_BUDGET_S
     needs = {s.name: s.needs for s in gpu_suite.STEPS}
-    assert "cxrl._C" in needs["rl_epoch"] and "diffusers" in needs["unet_equivalence"]
+    assert "cxrl._C" in needs["rl_epoch"] and "diffusers" in needs["unet_equivalence"] and "trl" in needs["peer_trl"]
     assert "diffusers" not in needs["kernels_flash"] + needs["ddim_bandwidth"] + needs["attention"]
 
 
