@@ -34,7 +34,12 @@ def generator_fingerprint(gen, ace=None) -> str:
     for part in (gen.unet, gen.text_encoder, gen.vae, ace):
         h.update((state_dict_hash(part) if part is not None else "none").encode())
     backend = getattr(gen.tokenizer, "backend_tokenizer", None)
-    tokenizer = json.loads(backend.to_str()) if backend is not None else sorted(gen.tokenizer.get_vocab().items())
+    if backend is not None:
+        tokenizer = json.loads(backend.to_str())
+        for state in ("truncation", "padding"):   # set by each call's arguments, not part of what the model is
+            tokenizer.pop(state, None)
+    else:
+        tokenizer = sorted(gen.tokenizer.get_vocab().items())
     scheduler = {k: v for k, v in dict(gen.scheduler.config).items() if not k.startswith("_")}
     h.update(json.dumps([type(gen.scheduler).__name__, scheduler, tokenizer], sort_keys=True, default=str).encode())
     return h.hexdigest()
