@@ -1,7 +1,8 @@
 """Cached model evaluations: one model's samples, per-sample scores and metrics under one evaluation protocol,
 stored under a key that hashes everything they depend on — the generator's weights, scheduler and tokenizer
 (and its ACE tokens), the evaluators' weights and the FID features, the held-out items (ids, prompts, labels,
-reference images), the evaluation and sampler settings, the scoring code's version, torch and the device.
+reference images), the evaluation and sampler settings, the scoring code's version, torch, the device and the
+CPU thread count.
 Any change gives another key, so a stale entry is never used: the model is evaluated afresh.
 
 The demo ships its base model's evaluation (``cxrl/assets/eval_cache``), so ``cxrl train`` samples only the
@@ -49,7 +50,10 @@ def items_digest(items) -> str:
 
 def evaluation_key(gen, ace, items, evaluators: Evaluators, feature_extractor, e: EvalConfig, s: SamplingConfig) -> str:
     """The cache key of one model's evaluation (see the module docstring for what it covers)."""
-    parts = {"version": SCORING_VERSION, "torch": torch.__version__, "device": str(gen.device.type), "dtype": str(gen.dtype),
+    # torch's version, the device and (on the CPU) the thread count: each can change a sample's last bits
+    threads = torch.get_num_threads() if gen.device.type == "cpu" else None
+    parts = {"version": SCORING_VERSION, "torch": torch.__version__, "device": str(gen.device.type), "threads": threads,
+             "dtype": str(gen.dtype),
              "generator": generator_fingerprint(gen, ace), "items": items_digest(items), "evaluators": evaluators.digests,
              "evaluator_kinds": sorted(evaluators.describe()), "features": getattr(feature_extractor, "name", None),
              "eval": {k: getattr(e, k) for k in ("samples_per_prompt", "seed", "batch_size", "min_label_prompts")},
