@@ -30,6 +30,7 @@ from cxrl.config import load_config, to_yaml
 from cxrl.config.schema import parse_override
 from cxrl.diffusion.generator import save_generator
 from cxrl.eval.run import run_evaluation
+from cxrl.machine import yardstick
 from cxrl.rl.distributed import init_distributed
 from cxrl.rl.run_dir import (
     check_can_create,
@@ -107,10 +108,13 @@ def check_run_code(cfg, args) -> None:
 
 
 def run(args) -> int:
+    started = time.perf_counter()
     cfg = resolve_config(args)
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
     dist = init_distributed(cfg.model.device, cfg.dist.backend, cfg.dist.timeout_s)
+    # the machine's speed, measured now, beside the run's times: a time means little without it
+    machine = yardstick() if dist.is_main else {}
     out = Path(cfg.log.output_dir)
     config_text = to_yaml(cfg)
     try:
@@ -131,6 +135,9 @@ def run(args) -> int:
                 record["run_id"] = trainer.run_id or record["run_id"]
                 record["note"] = "recorded at a resume: the run started before cxrl wrote run.json ('created' is that resume)"
             note_resume(record, trainer.epoch, config_text)
+            record["resumes"][-1]["machine"] = machine
+        else:
+            record["machine"] = machine
         trainer.run_id = record["run_id"]
         written = []
 
@@ -144,10 +151,11 @@ def run(args) -> int:
             trainer.on_checkpoint = write_once
         else:
             write_once()
-        started = time.perf_counter()
+        setup_done = time.perf_counter()
         trainer.fit()
         write_once()   # a resume with no epoch left to run
-        log.info("done: %d epochs in %.0f s; outputs in %s", cfg.train.epochs, time.perf_counter() - started, out)
+        train_done = time.perf_counter()
+        log.info("done: %d epochs in %.0f s; outputs in %s", cfg.train.epochs, train_done - setup_done, out)
     finally:
         dist.close()
     if not dist.is_main:
@@ -155,6 +163,13 @@ def run(args) -> int:
     save_final(cfg, trainer, out)
     if cfg.eval.enabled:
         final_evaluation(cfg, trainer, out)
+    seconds = {"setup": setup_done - started, "train": train_done - setup_done,
+               "save_and_evaluate": time.perf_counter() - train_done, "total": time.perf_counter() - started}
+    record.setdefault("seconds", []).append({k: round(v, 1) for k, v in seconds.items()})   # one entry per invocation
+    write_run_files(out, record, config_text)
+    log.info("%.0f s in all (setup %.0f, training %.0f, final model and evaluation %.0f) on a machine whose yardstick "
+             "reads %.3f TFLOP/s (single-thread fp32 1024^3 matmul; run.json)", seconds["total"], seconds["setup"],
+             seconds["train"], seconds["save_and_evaluate"], machine["matmul_fp32_1024_1thread_tflops"])
     return 0
 
 

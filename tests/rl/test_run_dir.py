@@ -70,6 +70,10 @@ def test_new_run_refuses_a_run_directory_overwrite_starts_over(tiny_pixel_dir, t
     _, groups = ck.load_checkpoint(ck.latest_checkpoint(run / "checkpoints"))
     assert groups["trainer"]["run_id"] == first["run_id"] and len(first["run_id"]) == 32
     assert first["config_sha256"] == hashlib.sha256((run / "config.yaml").read_bytes()).hexdigest()
+    # the run's times beside the machine's yardstick, measured in the same run
+    assert first["machine"]["matmul_fp32_1024_1thread_tflops"] > 0
+    times = first["seconds"][-1]
+    assert times["total"] >= times["train"] > 0 and times["total"] >= times["setup"] + times["train"] - 1e-6
     (run / "notes.txt").write_text("mine")
     kept = tmp_path / "first_run_checkpoint"
     shutil.copytree(run / "checkpoints" / "epoch_000002", kept)
