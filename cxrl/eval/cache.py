@@ -102,4 +102,5 @@ class EvaluationCache:
             fd, tmp = tempfile.mkstemp(dir=self.write, prefix=key, suffix=suffix + ".tmp")
             os.close(fd)
             write(Path(tmp))
+            os.chmod(tmp, 0o644)   # mkstemp makes it private; a cache (the shipped one too) is read by everyone
             os.replace(tmp, self.write / f"{key}{suffix}")

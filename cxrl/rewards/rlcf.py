@@ -147,6 +147,7 @@ class AnchorScoreCache:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=target.name, suffix=".tmp")
         with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as fh:
             fh.write(payload.encode())
+        os.chmod(tmp, 0o644)   # mkstemp makes it private; a shipped asset is read by everyone
         os.replace(tmp, target)
         return target
 
