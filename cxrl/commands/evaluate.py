@@ -117,6 +117,8 @@ def load_models(args, cfg) -> tuple[dict, dict]:
 
 def run(args) -> int:
     cfg = evaluation_config(args)
+    if cfg.eval.torch_threads:   # as cxrl train's end-of-run evaluation does: the same samples, bit for bit
+        torch.set_num_threads(cfg.eval.torch_threads)
     models, aces = load_models(args, cfg)
     inputs = evaluation_inputs(cfg, models["tuned"].resolution[0], args.device)
     model_dirs = {"tuned": str(args.model), **({"base": str(args.baseline)} if args.baseline is not None else {})}
