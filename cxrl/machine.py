@@ -5,6 +5,7 @@ means little alone; measured at the start of the same run, this number lets a re
 quiet reference machine reads 0.112)."""
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -36,3 +37,12 @@ def yardstick() -> dict:
     """What a run records beside its times (run.json): the matmul yardstick and where it was measured."""
     return {"matmul_fp32_1024_1thread_tflops": round(matmul_tflops(), 4), "cpu": platform.processor() or platform.machine(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def auto_threads(device_type: str, world_size: int = 1, scoring_thread: bool = False) -> int | None:
+    """Intra-op threads for a CPU rank: the cores it may use (``cores / ranks``), one fewer when a scoring thread
+    runs beside the main one; None (torch's default) off the CPU."""
+    if device_type != "cpu":
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, world_size) - (1 if scoring_thread else 0))

@@ -14,3 +14,14 @@ def test_matmul_yardstick_measures_and_restores_threads():
     assert torch.get_num_threads() == before
     record = yardstick()
     assert record["matmul_fp32_1024_1thread_tflops"] > 0 and record["torch"] == torch.__version__
+
+
+def test_auto_threads_leave_a_core_to_the_scoring_thread_and_share_cores_between_ranks(monkeypatch):
+    from cxrl import machine
+
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert machine.auto_threads("cpu") == 8
+    assert machine.auto_threads("cpu", scoring_thread=True) == 7
+    assert machine.auto_threads("cpu", world_size=2, scoring_thread=True) == 3
+    assert machine.auto_threads("cpu", world_size=16, scoring_thread=True) == 1
+    assert machine.auto_threads("cuda", scoring_thread=True) is None

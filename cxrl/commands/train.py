@@ -30,7 +30,7 @@ from cxrl.config import load_config, to_yaml
 from cxrl.config.schema import parse_override
 from cxrl.diffusion.generator import save_generator
 from cxrl.eval.run import run_evaluation
-from cxrl.machine import yardstick
+from cxrl.machine import auto_threads, yardstick
 from cxrl.rl.distributed import init_distributed
 from cxrl.rl.run_dir import (
     check_can_create,
@@ -110,9 +110,10 @@ def check_run_code(cfg, args) -> None:
 def run(args) -> int:
     started = time.perf_counter()
     cfg = resolve_config(args)
-    if cfg.train.torch_threads:
-        torch.set_num_threads(cfg.train.torch_threads)
     dist = init_distributed(cfg.model.device, cfg.dist.backend, cfg.dist.timeout_s)
+    threads = cfg.train.torch_threads or auto_threads(dist.device.type, dist.world_size, cfg.rewards.overlap)
+    if threads:
+        torch.set_num_threads(threads)
     # the machine's speed, measured now, beside the run's times: a time means little without it
     machine = yardstick() if dist.is_main else {}
     out = Path(cfg.log.output_dir)

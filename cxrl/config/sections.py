@@ -94,7 +94,9 @@ class TrainConfig:
     deterministic: bool = opt(True, "deterministic algorithms (bitwise-reproducible resume on CPU); fresh memory is not "
                               "NaN-filled. Measured on CPU: ~0-10% slower, within noise (docs/benchmarks.md); GPU not yet measured")
     max_nonfinite: int = opt(3, "abort after this many consecutive updates with a non-finite loss or gradient", lo=1)
-    torch_threads: int = opt(0, "intra-op CPU threads for torch (torch.set_num_threads); 0 leaves torch's default", lo=0)
+    torch_threads: int = opt(0, "intra-op CPU threads for torch (torch.set_num_threads); 0 = auto: on the CPU the cores "
+                             "this rank may use (cores / ranks), one left to the scoring thread when rewards.overlap "
+                             "is on — two thread teams on the same cores mostly spin; on CUDA torch's default", lo=0)
 
 
 @dataclass
