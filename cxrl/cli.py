@@ -26,6 +26,7 @@ COMMANDS = {
     "pretrain": ("cxrl.commands.pretrain", "train the demo base generator on the phantom world"),
     "train-reward": ("cxrl.commands.train_reward", "train a reward model (posture | diagnostic | consistency)"),
     "anchor-scores": ("cxrl.commands.anchor_scores", "precompute RLCF anchor scores for a config's prompts and seeds"),
+    "step-credit": ("cxrl.commands.step_credit", "which DDIM steps decide the rewards: the steps worth training"),
     "data": ("cxrl.commands.data", "inspect / preview / prepare datasets"),
     "backend": ("cxrl.commands.backend", "print which compute backends are active and why"),
 }

@@ -18,6 +18,7 @@ PROMPTS = [{"prompt": p, "labels": None} for p in ("small left effusion", "norma
 
 def _overrides(gen_dir, out, extra=()):
     return [*tiny_overrides(gen_dir, out, epochs=1), "rewards.seed_bank_size=2", "data.source=file",
+            "rewards.feedback=comparative",
             f"data.path={out.parent / 'prompts.txt'}", *extra]
 
 

@@ -6,7 +6,8 @@ reward models, the prompt and the seed — the anchor-score cache's namespace ha
 samples and scores the anchor for every prompt of the config's pool and every seed of its seed bank, and writes
 ``DIR/<namespace>.json.gz``; a run whose namespace matches (same anchor, sampler and rewards) then reads its
 anchor scores instead of sampling the anchor, from any training seed. The demo's file ships in
-``cxrl/assets/anchor_scores`` and was written by ``cxrl anchor-scores --out cxrl/assets/anchor_scores``.
+``cxrl/assets/anchor_scores`` and was written by ``cxrl anchor-scores --out cxrl/assets/anchor_scores
+rewards.feedback=comparative`` (the demo itself trains with direct feedback; ``configs/ablations/rlcf.yaml`` uses them).
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     cfg = load_config(args.config, list(args.overrides) + ["eval.enabled=false", "monitor.every=0"])
     if cfg.rewards.feedback != "comparative":
-        raise ValueError("rewards.feedback is 'direct': there is no anchor to score")
+        raise ValueError("rewards.feedback is 'direct' (the demo's since issue 15): there is no anchor to score; "
+                         "add rewards.feedback=comparative to score the anchor of the RLCF variant")
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
     with tempfile.TemporaryDirectory(prefix="cxrl-anchor-scores-") as work:

@@ -79,6 +79,11 @@ class TrainConfig:
     gradient_accumulation: int = opt(1, "sample minibatches accumulated per optimizer step (each already spans its trained timesteps)", lo=1)
     inner_epochs: int = opt(1, "passes of PPO updates over one epoch's stored transitions", lo=1)
     timestep_fraction: float = opt(1.0, "fraction of each trajectory's timesteps that is trained", lo=0.0, hi=1.0, lo_open=True)
+    skip_first_steps: int = opt(0, "DDIM steps at the start of each trajectory that are never trained (timestep_fraction "
+                                "applies to the rest); see docs/method.md, 'Which steps to train'", lo=0)
+    skip_last_steps: int = opt(0, "DDIM steps at the end of each trajectory that are never trained: at a few steps their "
+                               "noise barely changes the image, so their gradient is mostly noise (`cxrl step-credit` "
+                               "measures it)", lo=0)
     clip_range: float = opt(1e-4, "PPO clip epsilon of the importance ratio", lo=0.0, lo_open=True)
     adv_clip: float = opt(5.0, "advantages are clipped to +-adv_clip", lo=0.0, lo_open=True)
     advantage: str = opt("per_prompt", "advantage normalisation", choices=["per_prompt", "group"])

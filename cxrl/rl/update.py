@@ -117,14 +117,15 @@ class PPOUpdater:
         s = self.settings
         steps = store.log_probs.shape[1]
         # the store's own float-safe count: its plans have exactly this many timesteps per sample
-        trained_t = num_trained_steps(steps, s.timestep_fraction)
+        window = (s.skip_first_steps, steps - s.skip_last_steps)
+        trained_t = num_trained_steps(window[1] - window[0], s.timestep_fraction)
         num_samples = store.log_probs.shape[0]
         sample_batches = math.ceil(num_samples / s.batch_size)
         result = UpdateResult(samples=num_samples * s.inner_epochs)
         updated = False
         start = time.perf_counter()
         for inner in range(s.inner_epochs):
-            plan = store.plan(s.batch_size, timestep_fraction=s.timestep_fraction, seed=plan_seed + inner)
+            plan = store.plan(s.batch_size, timestep_fraction=s.timestep_fraction, seed=plan_seed + inner, steps=window)
             group_samples: list[torch.Tensor] = []
             for i, mb in enumerate(store.minibatches(plan)):
                 sb = i // trained_t                          # which sample batch this minibatch belongs to

@@ -119,13 +119,33 @@ class Minibatch:
         return self.map_data(lambda t: t.to(device, non_blocking=non_blocking))
 
 
-def make_plan(store, batch_size: int, timestep_fraction: float, seed: int, builder) -> MinibatchPlan:
-    """Validate plan arguments and wrap a builder's (sample_idx, step_idx, offsets) in a MinibatchPlan."""
+def make_plan(store, batch_size: int, timestep_fraction: float, seed: int, builder,
+              steps: tuple[int, int] | None = None) -> MinibatchPlan:
+    """Validate plan arguments and wrap a builder's (sample_idx, step_idx, offsets) in a MinibatchPlan.
+
+    ``steps=(first, end)`` trains only DDIM steps ``first <= j < end`` (the fraction applies to that window):
+    the builder plans over ``end - first`` steps and its step indices are shifted by ``first``, so the window's
+    plans are the full-range plans of a shorter trajectory, C++ and reference alike."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"plan: batch_size must be a positive int, got {batch_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MASK64:
         raise ValueError(f"plan: seed must be an int in [0, 2**64), got {seed!r}")
-    trained = num_trained_steps(store.num_steps, timestep_fraction)
-    s, j, o = builder(store.num_samples, store.num_steps, batch_size, trained, seed)
-    return MinibatchPlan(torch.as_tensor(s), torch.as_tensor(j), torch.as_tensor(o), store.num_samples,
+    first, end = check_step_window(steps, store.num_steps)
+    trained = num_trained_steps(end - first, timestep_fraction)
+    s, j, o = builder(store.num_samples, end - first, batch_size, trained, seed)
+    j = torch.as_tensor(j)
+    if first:
+        j = j + first
+    return MinibatchPlan(torch.as_tensor(s), j, torch.as_tensor(o), store.num_samples,
                          store.num_steps, batch_size, trained, float(timestep_fraction), seed)
+
+
+def check_step_window(steps: tuple[int, int] | None, num_steps: int) -> tuple[int, int]:
+    """``(first, end)`` of the trained-step window, checked against a trajectory of ``num_steps`` steps."""
+    if steps is None:
+        return 0, num_steps
+    first, end = steps
+    if not (isinstance(first, int) and isinstance(end, int)) or not 0 <= first < end <= num_steps:
+        raise ValueError(f"plan: the trained steps [{first}, {end}) must be a non-empty range inside the "
+                         f"trajectory's {num_steps} steps")
+    return first, end

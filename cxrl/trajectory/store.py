@@ -90,9 +90,11 @@ class TrajectoryStore(StoreInputs, abc.ABC):
         clear error. ``options`` (``threads``, ``pin``) go to the constructor."""
         return cls._backend_class(device, backend)._from_file(path, device, **options)
 
-    def plan(self, batch_size: int, timestep_fraction: float = 1.0, seed: int = 0) -> MinibatchPlan:
-        """DDPO-style plan (:func:`cxrl.trajectory.plan.reference_plan`); same seed, same plan."""
-        return make_plan(self, batch_size, timestep_fraction, seed, self._build_plan)
+    def plan(self, batch_size: int, timestep_fraction: float = 1.0, seed: int = 0,
+             steps: tuple[int, int] | None = None) -> MinibatchPlan:
+        """DDPO-style plan (:func:`cxrl.trajectory.plan.reference_plan`); same seed, same plan. ``steps=(first,
+        end)``: train only the steps in that window (:func:`cxrl.trajectory.plan.make_plan`)."""
+        return make_plan(self, batch_size, timestep_fraction, seed, self._build_plan, steps)
 
     # --- what each backend implements
     @classmethod

@@ -16,7 +16,7 @@ from cxrl.config import load_config, packaged_config_text, to_dict
 REPO = Path(__file__).resolve().parents[2]
 ABLATIONS = {   # file -> the dotted config keys it changes relative to the demo (plus log.output_dir)
     "no_ace.yaml": {"model.ace_tokens"},
-    "no_rlcf.yaml": {"rewards.feedback"},
+    "rlcf.yaml": {"rewards.feedback"},
     "posture_only.yaml": {"rewards.components"},
     "diagnostic_only.yaml": {"rewards.components"},
     "consistency_only.yaml": {"rewards.components"},

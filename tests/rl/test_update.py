@@ -62,6 +62,31 @@ def test_optimizer_steps_group_exactly_the_planned_minibatches(num_steps, fracti
     assert weight.grad is None   # nothing left over to leak into the next epoch
 
 
+@pytest.mark.parametrize("skip_first, skip_last, fraction", [(1, 2, 1.0), (1, 2, 0.7), (0, 3, 0.5), (4, 0, 1.0)])
+def test_skipped_steps_are_never_trained(skip_first, skip_last, fraction):
+    num_steps, samples = 10, 6
+    cfg = apply_overrides(Config(), ["train.batch_size=4", f"train.timestep_fraction={fraction}",
+                                     f"train.skip_first_steps={skip_first}", f"train.skip_last_steps={skip_last}"]).train
+    weight = torch.nn.Parameter(torch.zeros(()))
+    updater = PPOUpdater([weight], torch.optim.SGD([weight], lr=0.1), cfg)
+    steps = []
+
+    def log_prob_fn(mb):
+        steps.extend(mb.step_idx.tolist())
+        return weight * mb.advantages.float() + mb.log_probs, None
+
+    result = updater.run(_store(samples, num_steps), log_prob_fn, plan_seed=5, describe=lambda idx: [])
+    window = range(skip_first, num_steps - skip_last)
+    trained = num_trained_steps(len(window), fraction)
+    assert set(steps) <= set(window) and len(steps) == samples * trained
+    assert result.optimizer_steps == math.ceil(math.ceil(samples / 4) / cfg.gradient_accumulation)
+
+
+def test_skipping_every_step_is_refused():
+    with pytest.raises(ValueError, match="leave none of the 10"):
+        apply_overrides(Config(), ["sampling.num_steps=10", "train.skip_first_steps=4", "train.skip_last_steps=6"]).validate()
+
+
 def test_normalized_combination_divides_each_component_by_its_std():
     from cxrl.rl.trainer import normalized_combination
 

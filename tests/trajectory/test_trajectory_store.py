@@ -123,6 +123,29 @@ def test_plan_properties_and_cpp_equals_reference(n, t, batch_size, fraction, se
     assert torch.equal(again.sample_idx, plan.sample_idx) and torch.equal(again.step_idx, plan.step_idx)
 
 
+@SETTINGS
+@given(st.integers(1, 20), st.integers(2, 12), st.integers(1, 8), st.floats(0.05, 1.0), st.integers(0, 2**64 - 1), st.data())
+def test_a_step_window_plans_only_its_steps_on_every_backend(n, t, batch_size, fraction, seed, data):
+    first = data.draw(st.integers(0, t - 1))
+    end = data.draw(st.integers(first + 1, t))
+    trained = num_trained_steps(end - first, fraction)
+    ref = reference_plan(n, end - first, batch_size, trained, seed)
+    for store in make_stores(n, t, (1,), 1, torch.float32):
+        plan = store.plan(batch_size, fraction, seed, steps=(first, end))
+        assert plan.trained_steps == trained and plan.num_steps == t
+        # the window's plan is the plan of a trajectory of end - first steps, shifted to start at `first`
+        assert torch.equal(plan.sample_idx, ref[0]) and torch.equal(plan.step_idx, ref[1] + first)
+        assert torch.equal(plan.offsets, ref[2])
+        assert all(first <= j < end for j in plan.step_idx.tolist())
+
+
+@pytest.mark.parametrize("steps", [(2, 2), (3, 1), (-1, 2), (0, 5), (1.0, 2)])
+def test_a_step_window_outside_the_trajectory_is_refused(steps):
+    store = TrajectoryStore(3, 4, (1,), 1)
+    with pytest.raises(ValueError, match="trained steps"):
+        store.plan(2, 1.0, 0, steps=steps)
+
+
 def test_plan_is_shuffled_and_seed_dependent():
     store = TrajectoryStore(32, 20, (1,), 1)
     a, b = store.plan(8, seed=0), store.plan(8, seed=1)
