@@ -54,9 +54,6 @@ class Config:
             raise ValueError(f"sampling.samples_per_epoch ({s.samples_per_epoch}) must be a multiple of sampling.group_size ({s.group_size})")
         if t.advantage_min_count > t.advantage_window:
             raise ValueError(f"train.advantage_min_count ({t.advantage_min_count}) must be <= train.advantage_window ({t.advantage_window})")
-        if t.skip_first_steps + t.skip_last_steps >= s.num_steps:
-            raise ValueError(f"train.skip_first_steps ({t.skip_first_steps}) + train.skip_last_steps ({t.skip_last_steps}) "
-                             f"leave none of the {s.num_steps} sampling.num_steps to train")
         if t.advantage == "group" and s.group_size < 2:
             raise ValueError("train.advantage 'group' needs sampling.group_size >= 2 (images per prompt per epoch)")
         if self.eval.enabled:

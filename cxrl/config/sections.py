@@ -83,7 +83,7 @@ class TrainConfig:
                                 "applies to the rest); see docs/method.md, 'Which steps to train'", lo=0)
     skip_last_steps: int = opt(0, "DDIM steps at the end of each trajectory that are never trained: at a few steps their "
                                "noise barely changes the image, so their gradient is mostly noise (`cxrl step-credit` "
-                               "measures it)", lo=0)
+                               "measures it); both are capped so that one step stays trainable", lo=0)
     clip_range: float = opt(1e-4, "PPO clip epsilon of the importance ratio", lo=0.0, lo_open=True)
     adv_clip: float = opt(5.0, "advantages are clipped to +-adv_clip", lo=0.0, lo_open=True)
     advantage: str = opt("per_prompt", "advantage normalisation", choices=["per_prompt", "group"])

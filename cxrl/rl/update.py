@@ -83,6 +83,13 @@ class EMA:
             s.copy_(t)
 
 
+def trained_step_window(num_steps: int, skip_first: int, skip_last: int) -> tuple[int, int]:
+    """``(first, end)`` of the trainable steps. The skips are capped so that one step stays trainable: a config
+    tuned for the demo's 10 steps (skip_last_steps 2) still trains when a test or a smoke run samples 1-2 steps."""
+    first = min(skip_first, num_steps - 1)
+    return first, max(first + 1, num_steps - skip_last)
+
+
 class PPOUpdater:
     """Owns the optimizer-step logic and the non-finite streak across epochs. ``settings``: the ``train``
     section (batch size, trained-timestep fraction, accumulation, inner epochs, clipping, KL weight, ...);
@@ -117,7 +124,7 @@ class PPOUpdater:
         s = self.settings
         steps = store.log_probs.shape[1]
         # the store's own float-safe count: its plans have exactly this many timesteps per sample
-        window = (s.skip_first_steps, steps - s.skip_last_steps)
+        window = trained_step_window(steps, s.skip_first_steps, s.skip_last_steps)
         trained_t = num_trained_steps(window[1] - window[0], s.timestep_fraction)
         num_samples = store.log_probs.shape[0]
         sample_batches = math.ceil(num_samples / s.batch_size)

@@ -148,7 +148,9 @@ def test_train_without_arguments_is_the_demo_and_runs_twice(tmp_path):
     epoch, groups = ck.load_checkpoint(first.parent)
     assert epoch == 1 and groups["trainer"]["epoch"] == 1 and groups["trainer"]["run_id"] == record["run_id"]
     assert (first.parent / "config.yaml").read_text() == (demo / "config.yaml").read_text()
-    metrics = json.loads((demo / "metrics.jsonl").read_text().splitlines()[0])
+    records = [json.loads(line) for line in (demo / "metrics.jsonl").read_text().splitlines()]
+    metrics = next(r for r in records if "reward/invalid_samples" in r)   # the demo's monitor logs probes beside them
+    assert any("probe/posture" in r for r in records)
     assert metrics["epoch"] == 0 and metrics["reward/invalid_samples"] == 0
     assert {f"reward/{k}/mean" for k in ("posture", "diagnostic", "consistency")} <= set(metrics)
     assert len(groups["weights"]) > 0

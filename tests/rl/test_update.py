@@ -82,9 +82,11 @@ def test_skipped_steps_are_never_trained(skip_first, skip_last, fraction):
     assert result.optimizer_steps == math.ceil(math.ceil(samples / 4) / cfg.gradient_accumulation)
 
 
-def test_skipping_every_step_is_refused():
-    with pytest.raises(ValueError, match="leave none of the 10"):
-        apply_overrides(Config(), ["sampling.num_steps=10", "train.skip_first_steps=4", "train.skip_last_steps=6"]).validate()
+def test_skips_leave_one_step_when_the_trajectory_is_short():
+    from cxrl.rl.update import trained_step_window
+    assert trained_step_window(10, 0, 2) == (0, 8) and trained_step_window(10, 1, 2) == (1, 8)
+    assert trained_step_window(2, 0, 2) == (0, 1) and trained_step_window(1, 0, 2) == (0, 1)
+    assert trained_step_window(3, 5, 0) == (2, 3) and trained_step_window(4, 2, 2) == (2, 3)
 
 
 def test_normalized_combination_divides_each_component_by_its_std():
