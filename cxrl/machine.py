@@ -9,6 +9,7 @@ import os
 import platform
 import statistics
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -46,3 +47,18 @@ def auto_threads(device_type: str, world_size: int = 1, scoring_thread: bool = F
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // max(1, world_size) - (1 if scoring_thread else 0))
+
+
+@contextmanager
+def intra_op_threads(threads: int):
+    """Run the block with ``threads`` torch intra-op threads (0: leave the setting alone), then restore it.
+    Used for forward-only stages: on the CPU a forward pass gives the same bits at any thread count (measured on
+    the demo UNet), a backward pass does not (the weight-gradient sums are split across threads)."""
+    before = torch.get_num_threads()
+    if threads and threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

@@ -25,3 +25,21 @@ def test_auto_threads_leave_a_core_to_the_scoring_thread_and_share_cores_between
     assert machine.auto_threads("cpu", world_size=2, scoring_thread=True) == 3
     assert machine.auto_threads("cpu", world_size=16, scoring_thread=True) == 1
     assert machine.auto_threads("cuda", scoring_thread=True) is None
+
+
+def test_intra_op_threads_sets_then_restores_even_on_error():
+    from cxrl.machine import intra_op_threads
+
+    before = torch.get_num_threads()
+    target = 2 if before != 2 else 1
+    with intra_op_threads(target):
+        assert torch.get_num_threads() == target
+    assert torch.get_num_threads() == before
+    try:
+        with intra_op_threads(target):
+            raise KeyError("boom")
+    except KeyError:
+        pass
+    assert torch.get_num_threads() == before
+    with intra_op_threads(0):   # 0: leave the setting alone
+        assert torch.get_num_threads() == before

@@ -21,6 +21,7 @@ import torch
 from cxrl.config import Config, to_yaml
 from cxrl.diffusion.rollout import recompute_log_prob, rollout
 from cxrl.eval.grids import save_grid
+from cxrl.machine import intra_op_threads
 from cxrl.messages import warnings_file
 from cxrl.rewards import AsyncScorer, RewardOutput, RewardSuite, noise_for
 from cxrl.rl import checkpoint as ckpt
@@ -269,7 +270,9 @@ class Trainer:
     def _probe(self, epochs_trained: int) -> None:
         if self.monitor is not None:
             self.gen.unet.eval()
-            self.logger.log_probe(epochs_trained, self.monitor.step(epochs_trained, self.gen, self.policy.ace))
+            with intra_op_threads(self.cfg.train.rollout_threads):
+                probe = self.monitor.step(epochs_trained, self.gen, self.policy.ace)
+            self.logger.log_probe(epochs_trained, probe)
 
     def _run_epoch(self, epoch: int) -> dict:
         d = self.dist
@@ -285,10 +288,12 @@ class Trainer:
             def on_chunk(batch, begin, end, images):
                 args, kwargs = self._chunk_args(batch, begin, end, images)
                 pending.append(scorer.submit(*args, **kwargs))
-        with d.stage("rollout"):
-            batch = self.collect_rollouts(epoch, entries[local], seeds[local], local.start, on_chunk=on_chunk)
-        with d.stage("rewards"):
-            reward_out, score_seconds = self.score(batch, pending)
+        # forward passes only: more threads here change no bit of the samples or rewards (train.rollout_threads)
+        with intra_op_threads(self.cfg.train.rollout_threads):
+            with d.stage("rollout"):
+                batch = self.collect_rollouts(epoch, entries[local], seeds[local], local.start, on_chunk=on_chunk)
+            with d.stage("rewards"):
+                reward_out, score_seconds = self.score(batch, pending)
         adv, stats = self.advantages(entries, local, reward_out)
         batch.store.write_advantages(0, adv.to(batch.store.advantages.device))
         with d.stage("update"):

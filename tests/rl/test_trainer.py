@@ -170,3 +170,28 @@ def test_a_metrics_file_that_cannot_be_plotted_does_not_stop_the_run(tiny_pixel_
     assert len(history) == 1 and ck.latest_checkpoint(tmp_path / "checkpoints") is not None
     assert f"reward curves not drawn: {tmp_path / 'metrics.jsonl'}:1: not a JSON record" in caplog.text
     assert not (tmp_path / "reward_curves.png").exists()
+
+
+def test_rollout_threads_run_the_forward_stages_and_leave_the_update_its_threads(tiny_pixel_dir, tmp_path, one_thread):
+    """train.rollout_threads applies to the forward-only stages (rollouts, scoring); the update keeps
+    train.torch_threads, so its gradient sums are split as before. The samples are the same up to the last bits
+    (the tiny model's 1x1 shortcut conv rounds differently on 2 threads: ~2e-6; the demo UNet's do not, docs/demo.md)."""
+    seen, first_rewards = {}, {}
+    for threads in (1, 2):
+        tr = _trainer(tiny_pixel_dir, tmp_path / f"t{threads}", extra=[f"train.rollout_threads={threads}"], epochs=1)
+        collect, update = tr.collect_rollouts, tr.update
+
+        def spy_collect(*a, _threads=threads, _f=collect, **k):
+            seen.setdefault(("rollout", _threads), set()).add(torch.get_num_threads())
+            return _f(*a, **k)
+
+        def spy_update(*a, _threads=threads, _f=update, **k):
+            seen.setdefault(("update", _threads), set()).add(torch.get_num_threads())
+            return _f(*a, **k)
+        tr.collect_rollouts, tr.update = spy_collect, spy_update
+        tr.fit()
+        first = json.loads((tmp_path / f"t{threads}" / "metrics.jsonl").read_text().splitlines()[0])
+        first_rewards[threads] = [first[k] for k in sorted(first) if k.startswith("reward/") and k.endswith("/mean")]
+    assert seen == {("rollout", 1): {1}, ("update", 1): {1}, ("rollout", 2): {2}, ("update", 2): {1}}
+    assert torch.get_num_threads() == 1
+    assert first_rewards[1] and first_rewards[1] == pytest.approx(first_rewards[2], rel=1e-4, abs=1e-6)
