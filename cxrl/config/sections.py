@@ -60,7 +60,9 @@ class RewardsConfig:
     seed_bank_seed: int = opt(0, "seed of the seed bank (apart from train.seed, so that every training seed draws its "
                               "initial noises — and hits cached anchor scores — from the same bank)", lo=0)
     overlap: bool = opt(True, "score each rollout chunk on a worker thread (own CUDA stream) while the next chunk is "
-                        "sampled; the rewards are identical either way")
+                        "sampled; the rewards are identical either way. On the CPU it pays only when scoring is "
+                        "slow (an RLCF anchor to sample); beside train.rollout_threads > 1 it cost the rollout its "
+                        "second thread (docs/demo.md)")
 
 
 @dataclass
