@@ -52,8 +52,9 @@ def auto_threads(device_type: str, world_size: int = 1, scoring_thread: bool = F
 @contextmanager
 def intra_op_threads(threads: int):
     """Run the block with ``threads`` torch intra-op threads (0: leave the setting alone), then restore it.
-    Used for forward-only stages: on the CPU a forward pass gives the same bits at any thread count (measured on
-    the demo UNet), a backward pass does not (the weight-gradient sums are split across threads)."""
+    Used for forward-only stages: the demo UNet's forward pass gives the same bits on 1 and 2 CPU threads (measured;
+    not every model's does: the tiny test UNet's 1x1 convolutions round differently), its backward pass does not (the
+    weight-gradient sums are split across threads), so the update keeps its own thread count."""
     before = torch.get_num_threads()
     if threads and threads != before:
         torch.set_num_threads(threads)

@@ -104,9 +104,10 @@ class TrainConfig:
     torch_threads: int = opt(0, "intra-op CPU threads for torch (torch.set_num_threads); 0 = auto: on the CPU the cores "
                              "this rank may use (cores / ranks), one left to the scoring thread when rewards.overlap "
                              "is on — two thread teams on the same cores mostly spin; on CUDA torch's default", lo=0)
-    rollout_threads: int = opt(0, "intra-op CPU threads while sampling rollouts and monitor probes (forward passes "
-                               "only, so the samples are the same bits at any thread count, unlike the update's "
-                               "gradients); 0 = train.torch_threads", lo=0)
+    rollout_threads: int = opt(0, "intra-op CPU threads while sampling rollouts, scoring and monitor probes (forward passes "
+                               "only; the update keeps train.torch_threads, whose gradient sums depend on the thread "
+                               "count). The demo UNet samples the same bits on 1 and 2 threads (measured, docs/demo.md); "
+                               "other models may differ in the last bits; 0 = train.torch_threads", lo=0)
 
 
 @dataclass

@@ -288,7 +288,7 @@ class Trainer:
             def on_chunk(batch, begin, end, images):
                 args, kwargs = self._chunk_args(batch, begin, end, images)
                 pending.append(scorer.submit(*args, **kwargs))
-        # forward passes only: more threads here change no bit of the samples or rewards (train.rollout_threads)
+        # forward passes only (train.rollout_threads); the update below keeps train.torch_threads
         with intra_op_threads(self.cfg.train.rollout_threads):
             with d.stage("rollout"):
                 batch = self.collect_rollouts(epoch, entries[local], seeds[local], local.start, on_chunk=on_chunk)
