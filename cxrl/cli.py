@@ -17,6 +17,16 @@ import sys
 
 from cxrl.messages import show_on_stderr
 
+# OpenMP worker threads spin at every barrier before they sleep (libgomp's default: a few hundred thousand turns).
+# Alone on a machine that costs nothing; beside another busy process (two runs on a 2-vCPU VM) the spinning threads
+# hold the cores the other side's threads wait for: the demo UNet's 2-thread forward+backward took 24 ms per sample
+# alone and 230 ms side by side. 10,000 turns measured 24 ms alone and 82 ms side by side (docs/demo.md, "Threads").
+# It has to be in the environment before torch loads libgomp, so it is set here, before any command imports torch;
+# a GOMP_SPINCOUNT (or OMP_WAIT_POLICY) the user set wins.
+OPENMP_SPIN_COUNT = "10000"
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)
+
 # subcommand name -> (module, one-line help)
 COMMANDS = {
     "train": ("cxrl.commands.train", "RL fine-tuning (no arguments: the embedded demo)"),

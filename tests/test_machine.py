@@ -43,3 +43,26 @@ def test_intra_op_threads_sets_then_restores_even_on_error():
     assert torch.get_num_threads() == before
     with intra_op_threads(0):   # 0: leave the setting alone
         assert torch.get_num_threads() == before
+
+
+def _spin_setting_after_cli_import(env_extra: dict) -> tuple[str, str]:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env.update(env_extra)
+    code = ("import os, sys, cxrl.cli; "
+            "print(os.environ.get('GOMP_SPINCOUNT', '-'), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    spin, torch_loaded = out.stdout.split()
+    return spin, torch_loaded
+
+
+def test_cli_shortens_the_openmp_spin_before_torch_loads_and_keeps_the_users_choice():
+    from cxrl.cli import OPENMP_SPIN_COUNT
+
+    # set before torch is imported: libgomp reads it once, when torch loads it
+    assert _spin_setting_after_cli_import({}) == (OPENMP_SPIN_COUNT, "False")
+    assert _spin_setting_after_cli_import({"GOMP_SPINCOUNT": "123"}) == ("123", "False")
+    assert _spin_setting_after_cli_import({"OMP_WAIT_POLICY": "PASSIVE"}) == ("-", "False")

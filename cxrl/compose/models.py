@@ -48,6 +48,8 @@ def build_generator(model: ModelConfig, device: torch.device, workdir: str | Pat
     gen = load_generator(path, device=device, dtype=DTYPES[model.dtype])
     if model.attention != "diffusers":
         set_attention_backend(gen.unet, model.attention)
+    if model.memory_format == "channels_last":
+        gen.unet.to(memory_format=torch.channels_last)   # 4-D weights only; a copy for the anchor keeps the layout
     return gen
 
 

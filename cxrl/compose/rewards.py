@@ -10,6 +10,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from cxrl.compose.models import ASSET_PREFIX, resolve_asset
 from cxrl.config import (EVALUATOR_KINDS, REWARD_ENTRY_KEYS, Config, EvalConfig, RewardsConfig, SamplingConfig,
                          phantom_evaluators_refused)
 from cxrl.eval.evaluators import DEFAULT_EVALUATOR_ROOT, SHIPPED_REWARD_ROOT, XRV_PREFIX, Evaluators, load_evaluators
@@ -42,9 +43,19 @@ def reward_from_config(entry: Mapping, device="cpu") -> tuple[RewardModel, float
     kwargs = dict(entry.get("kwargs") or {})
     if entry.get("comparative") is not None:
         kwargs["comparative"] = bool(entry["comparative"])
-    model = load_reward_model(entry["name"], entry.get("path"), backend=entry.get("backend", "own"), device=device,
+    paths = entry_paths(entry)
+    path = paths if isinstance(entry.get("path"), list) else paths[0]
+    model = load_reward_model(entry["name"], path, backend=entry.get("backend", "own"), device=device,
                               dtype=dtype, **kwargs)
     return model, weight
+
+
+def entry_paths(entry: Mapping) -> list:
+    """The model directories of a reward entry: ``path`` (one, or a list for an ensemble), ``asset:NAME`` resolved
+    to the shipped ``cxrl/assets/NAME``; None = the shipped weights of the entry's name."""
+    raw = entry.get("path")
+    return [resolve_asset(p) if isinstance(p, str) and p.startswith(ASSET_PREFIX) else p
+            for p in (raw if isinstance(raw, list) else [raw])]
 
 
 def build_reward_suite(rewards: RewardsConfig, sampling: SamplingConfig, device, *, anchor_sampler: Callable | None,
@@ -81,7 +92,8 @@ def build_reward_suite(rewards: RewardsConfig, sampling: SamplingConfig, device,
 
 def forbidden_evaluator_dirs(rewards: RewardsConfig) -> tuple:
     """The shipped reward models plus every reward directory the run optimised: never evaluators."""
-    return (SHIPPED_REWARD_ROOT, *(Path(e["path"]) for e in rewards.components if isinstance(e, dict) and e.get("path")))
+    return (SHIPPED_REWARD_ROOT, *(Path(p) for e in rewards.components if isinstance(e, dict)
+                                   for p in entry_paths(e) if p is not None))
 
 
 def build_evaluators(cfg: Config, device, kinds: tuple[str, ...] = EVALUATOR_KINDS) -> Evaluators:

@@ -119,6 +119,17 @@ def _validate_reward_entries(components: list) -> None:
         weight = entry.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise ValueError(f"{where}.weight must be a number, got {weight!r}")
+        path = entry.get("path")
+        if isinstance(path, list):
+            if len(path) < 2 or not all(p is None or (isinstance(p, str) and p) for p in path):
+                raise ValueError(f"{where}.path: a list names the directories of an ensemble (2 or more; null = the "
+                                 f"shipped weights), got {path!r}")
+            if entry.get("callable") or entry.get("backend", "own") != "own":
+                raise ValueError(f"{where}.path: ensembles are of the project's own reward models (backend own, "
+                                 "no callable)")
+        elif path is not None and not (isinstance(path, str) and path):
+            raise ValueError(f"{where}.path must be a directory (string), a list of them (an ensemble) or null, "
+                             f"got {path!r}")
         names.append(entry["name"])
     if len(set(names)) != len(names):
         raise ValueError(f"rewards.components: reward names must be unique, got {names}")

@@ -3,7 +3,8 @@
 ``load_reward_model("posture" | "diagnostic" | "consistency", path=None)`` with no path loads the weights
 shipped in ``cxrl/assets/rewards/<name>/`` (trained on the phantom world, see docs/rewards.md);
 ``load_evaluator(name)`` loads the held-out evaluator set from ``cxrl/assets/evaluators/<name>/`` — the
-models evaluation uses, never the ones the RL optimised.
+models evaluation uses, never the ones the RL optimised. A list of paths loads an ensemble: the mean of the
+members' scores (``cxrl.rewards.ensemble``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from cxrl.rewards.base import RewardModel
 from cxrl.rewards.consistency import ConsistencyReward
 from cxrl.rewards.diagnostic import DiagnosticReward
+from cxrl.rewards.ensemble import EnsembleReward
 from cxrl.rewards.posture import PostureReward
 from cxrl.rewards.xrv_backend import XRVClassifier
 
@@ -51,6 +53,11 @@ def load_reward_model(name: str, path=None, *, backend: str = "own", device="cpu
     """
     if name not in BUILTIN:
         raise ValueError(f"unknown reward {name!r}; built-in rewards: {BUILTIN} (custom rewards: load_custom_reward)")
+    if isinstance(path, (list, tuple)):   # several models of this kind: the mean of their scores (rewards/ensemble.py)
+        member_kwargs = {k: v for k, v in kwargs.items() if k not in ("name", "comparative")}
+        members = [load_reward_model(name, p, backend=backend, device=device, dtype=dtype, evaluator=evaluator,
+                                     **member_kwargs) for p in path]
+        return EnsembleReward(members, name=kwargs.get("name"), comparative=kwargs.get("comparative"))
     if backend not in BACKENDS[name]:
         raise ValueError(f"reward '{name}': unknown backend {backend!r}; choose from {BACKENDS[name]}")
     if name == "diagnostic" and backend == "xrv":

@@ -159,3 +159,30 @@ def test_per_sample_generators_make_each_sample_independent_of_its_batch(tiny_pi
     assert (shared - batched).abs().max() > 1e-2       # one shared generator: other step noise
     with pytest.raises(ValueError, match="one per sample"):
         sample_images(gen, prompts, num_steps=2, initial_noise=noise, generator=generators()[:2])
+
+
+@pytest.mark.parametrize("which", ["tiny_pixel_dir", "tiny_latent_dir"])
+def test_channels_last_unet_samples_and_trains_the_same_policy(which, request):
+    """model.memory_format=channels_last: the same rollout and the same log-prob gradient, up to rounding."""
+    from cxrl.compose.models import build_generator
+    from cxrl.config.sections import ModelConfig
+
+    path = str(request.getfixturevalue(which))
+    plain = build_generator(ModelConfig(path=path), torch.device("cpu"))
+    fast = build_generator(ModelConfig(path=path, memory_format="channels_last"), torch.device("cpu"))
+    conv = fast.unet.down_blocks[0].resnets[0].conv1.weight     # in_channels > 1: the layouts differ
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    embeds = plain.encode_prompts(PROMPTS)
+    a = rollout(plain, embeds, num_steps=STEPS, guidance_scale=3.0, generator=5)
+    b = rollout(fast, embeds, num_steps=STEPS, guidance_scale=3.0, generator=5)
+    torch.testing.assert_close(b.latents_final, a.latents_final, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b.log_probs, a.log_probs, atol=1e-3, rtol=1e-4)
+
+    grads = []
+    for g in (plain, fast):   # any x_t -> x_prev pair has a log-density; the first step's is used
+        g.unet.requires_grad_(True)
+        lp = recompute_log_prob(g, a.initial_noise, a.latents_final, a.timesteps[:, 0],
+                                embeds, guidance_scale=3.0, eta=1.0, num_steps=STEPS)
+        lp.sum().backward()
+        grads.append(g.unet.down_blocks[0].resnets[0].conv1.weight.grad.contiguous())
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-3, rtol=1e-3)
