@@ -19,8 +19,9 @@ from cxrl.messages import show_on_stderr
 
 # OpenMP worker threads spin at every barrier before they sleep (libgomp's default: a few hundred thousand turns).
 # Alone on a machine that costs nothing; beside another busy process (two runs on a 2-vCPU VM) the spinning threads
-# hold the cores the other side's threads wait for: the demo UNet's 2-thread forward+backward took 24 ms per sample
-# alone and 230 ms side by side. 10,000 turns measured 24 ms alone and 82 ms side by side (docs/demo.md, "Threads").
+# can hold the cores the other side's threads wait for: the demo UNet's 2-thread forward+backward took 25 ms per
+# sample alone and, side by side, 92-996 ms (intermittently collapsing) with the default spin, 82-90 ms with 10,000
+# turns, which cost nothing alone in 3 of 4 timings (docs/demo.md, "Threads"; benchmarks/thread_contention.py).
 # It has to be in the environment before torch loads libgomp, so it is set here, before any command imports torch;
 # a GOMP_SPINCOUNT (or OMP_WAIT_POLICY) the user set wins.
 OPENMP_SPIN_COUNT = "10000"

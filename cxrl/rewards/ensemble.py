@@ -3,9 +3,9 @@
 Why: a policy optimised against one reward model learns that model's blind spots as well as what it measures
 (reward over-optimisation; Gao et al. 2023, Coste et al. 2024). Members trained with different seeds share what
 the data teaches and disagree on their idiosyncrasies, so their mean is harder to exploit. Measured on the demo
-(docs/demo.md, "Reward ensemble"): the within-prompt correlation of s_diag with the held-out evaluator's was 0.66
-for the shipped diagnostic model and 0.79 for the mean of three seeds on base samples, and on samples of
-generators RL-tuned against that one model 0.54 for it and 0.66 for the three-seed mean.
+(docs/rewards.md, "Ensembles"): the within-prompt correlation of s_diag with the held-out evaluator's was 0.66
+for the shipped diagnostic model and 0.79 for the mean of three seeds on base samples, and on samples of 46
+generators RL-tuned against that one model 0.52 for it and 0.66 for the three-seed mean.
 
 A config entry makes one by giving ``path`` a list of model directories (``null`` = the shipped weights).
 """
