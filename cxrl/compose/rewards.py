@@ -11,8 +11,15 @@ from typing import Callable, Mapping
 import torch
 
 from cxrl.compose.models import ASSET_PREFIX, resolve_asset
-from cxrl.config import (EVALUATOR_KINDS, REWARD_ENTRY_KEYS, Config, EvalConfig, RewardsConfig, SamplingConfig,
-                         phantom_evaluators_refused)
+from cxrl.config import (
+    EVALUATOR_KINDS,
+    REWARD_ENTRY_KEYS,
+    Config,
+    EvalConfig,
+    RewardsConfig,
+    SamplingConfig,
+    phantom_evaluators_refused,
+)
 from cxrl.eval.evaluators import DEFAULT_EVALUATOR_ROOT, SHIPPED_REWARD_ROOT, XRV_PREFIX, Evaluators, load_evaluators
 from cxrl.eval.fid import ClassifierFeatures, XRVDenseNetFeatures
 from cxrl.rewards import AnchorScoreCache, RewardModel, RewardSuite, SeedBank, load_custom_reward, load_reward_model

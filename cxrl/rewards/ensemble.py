@@ -31,7 +31,7 @@ class EnsembleReward(RewardModel):
         self.members = list(members)
         self.device = members[0].device
 
-    def to(self, device, dtype: torch.dtype | None = None) -> "EnsembleReward":
+    def to(self, device, dtype: torch.dtype | None = None) -> EnsembleReward:
         for m in self.members:
             if dtype is not None:
                 m.to(device, dtype)
