@@ -9,9 +9,14 @@ import os
 import platform
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Callable, Sequence, TypeVar
 
 import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def matmul_tflops(size: int = 1024, threads: int = 1, repeats: int = 7) -> float:
@@ -63,3 +68,24 @@ def intra_op_threads(threads: int):
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+def map_batches(fn: Callable[[T], R], jobs: Sequence[T], workers: int = 0, device_type: str = "cpu") -> list[R]:
+    """``[fn(job) for job in jobs]``; with ``workers > 1`` on the CPU, ``workers`` jobs at a time, each on its own
+    thread with one intra-op torch thread (restored after). For small forward passes this beats one job at a time
+    on ``workers`` intra-op threads (demo UNet, batch 32, 2 vCPUs: 123 vs 142 ms a forward): the per-op thread
+    hand-offs and the serial parts of each op run side by side. ``fn`` must not depend on the order the jobs run in
+    (seed each job's randomness from the job) and may only write to what its job owns; the results keep the jobs'
+    order, the caller's grad mode holds in the workers, and the first exception is raised."""
+    jobs = list(jobs)
+    if workers <= 1 or device_type != "cpu" or len(jobs) <= 1:
+        return [fn(job) for job in jobs]
+    grad_enabled = torch.is_grad_enabled()   # thread-local in torch: carry the caller's into the workers
+
+    def run(job):
+        with torch.set_grad_enabled(grad_enabled):
+            return fn(job)
+
+    with intra_op_threads(1), ThreadPoolExecutor(max_workers=min(workers, len(jobs)),
+                                                 thread_name_prefix="cxrl-batch") as pool:
+        return list(pool.map(run, jobs))

@@ -155,3 +155,18 @@ def test_gpu_size_without_cuda_is_an_error_not_a_silent_cpu_run():
         for case in (bench_attention, bench_ddim_step, bench_rewards, bench_rl_epoch, bench_trajectory):
             with pytest.raises(RuntimeError, match="CUDA"):
                 case.run("gpu")
+
+
+def test_cpu_sampling_benchmark_times_each_case_against_what_it_replaces(tmp_path):
+    from benchmarks import cpu_sampling
+
+    out = tmp_path / "cpu_sampling.json"
+    assert cpu_sampling.main(["--threads", "2", "--reps", "2", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["machine"]["matmul_fp32_1024_1thread_tflops"] > 0
+    cases = {r["case"]: r for r in record["results"]}
+    assert len(cases) == 2 and all(c.startswith("8 forwards") for c in cases)
+    for r in cases.values():
+        times = [v for k, v in r.items() if k.endswith("_ms")]
+        assert len(times) == 2 and all(v > 0 for v in times)
+        assert r["speedup"] == pytest.approx(times[0] / times[1], rel=1e-2)

@@ -76,6 +76,9 @@ def test_cross_field_validation():
         C.apply_overrides(C.Config(), ["sampling.samples_per_epoch=10", "sampling.group_size=4"])
     with pytest.raises(ValueError, match="train.advantage 'group'"):
         C.apply_overrides(C.Config(), ["train.advantage=group", "sampling.group_size=1"])
+    with pytest.raises(ValueError, match="rollout_workers=2 with rewards.overlap"):
+        C.apply_overrides(C.Config(), ["train.rollout_workers=2", "rewards.overlap=true"])
+    assert C.apply_overrides(C.Config(), ["train.rollout_workers=2", "rewards.overlap=false"]).train.rollout_workers == 2
 
 
 def test_a_mimic_run_is_evaluated_on_mimic_by_mimic_evaluators():

@@ -2,6 +2,8 @@
 the caller's thread count as it found it."""
 import math
 
+import pytest
+
 import torch
 
 from cxrl.machine import matmul_tflops, yardstick
@@ -66,3 +68,35 @@ def test_cli_shortens_the_openmp_spin_before_torch_loads_and_keeps_the_users_cho
     assert _spin_setting_after_cli_import({}) == (OPENMP_SPIN_COUNT, "False")
     assert _spin_setting_after_cli_import({"GOMP_SPINCOUNT": "123"}) == ("123", "False")
     assert _spin_setting_after_cli_import({"OMP_WAIT_POLICY": "PASSIVE"}) == ("-", "False")
+
+
+def test_map_batches_keeps_order_grad_mode_and_threads_and_raises():
+    import threading
+
+    from cxrl.machine import map_batches
+
+    before = torch.get_num_threads()
+    seen = []
+
+    def job(k):
+        seen.append((threading.get_ident(), torch.get_num_threads(), torch.is_grad_enabled()))
+        return k * k
+
+    with torch.no_grad():
+        assert map_batches(job, range(7), workers=2) == [k * k for k in range(7)]
+    assert {threads for _, threads, _ in seen} == {1} and not any(grad for *_, grad in seen)
+    assert threading.get_ident() not in {ident for ident, *_ in seen}
+    assert torch.get_num_threads() == before
+    seen.clear()
+    assert map_batches(job, range(3), workers=0) == [0, 1, 4]   # inline: the caller's thread and settings
+    assert {ident for ident, *_ in seen} == {threading.get_ident()} and all(grad for *_, grad in seen)
+    assert map_batches(job, range(3), workers=4, device_type="cuda") == [0, 1, 4]
+
+    def fails(k):
+        if k == 2:
+            raise ValueError("job 2")
+        return k
+
+    with pytest.raises(ValueError, match="job 2"):
+        map_batches(fails, range(5), workers=2)
+    assert torch.get_num_threads() == before

@@ -46,4 +46,4 @@ def build_monitor(cfg: Config, gen, device, autocast_dtype) -> ProbeMonitor | No
                            reports_path=cfg.data.reports_path, resolution=gen.resolution[0])
     items = held_out_items(dataset, m.num_prompts, m.seed)
     return ProbeMonitor(probe_set(items, m.samples_per_prompt, gen.latent_shape, m.seed), evaluators, kinds,
-                        cfg.sampling, m.every, cfg.eval.batch_size, autocast_dtype)
+                        cfg.sampling, m.every, cfg.eval.batch_size, autocast_dtype, workers=cfg.train.rollout_workers)

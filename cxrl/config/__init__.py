@@ -62,6 +62,10 @@ class Config:
             raise ValueError(f"monitor.split ({self.monitor.split!r}) must differ from data.split: the probe prompts "
                              "must be held out from the RL prompts")
         _validate_reward_entries(self.rewards.components)
+        if self.train.rollout_workers > 1 and self.rewards.overlap:
+            raise ValueError(f"train.rollout_workers={self.train.rollout_workers} with rewards.overlap: the scoring thread "
+                             "takes the rollout chunks in order, one at a time; turn one of them off (rollout_workers=0 "
+                             "or rewards.overlap=false)")
         for section in (self.pretrain, self.reward_training):
             _SECTION_CHECKS[type(section)](section)
         return self

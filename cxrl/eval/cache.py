@@ -50,8 +50,11 @@ def items_digest(items) -> str:
 
 def evaluation_key(gen, ace, items, evaluators: Evaluators, feature_extractor, e: EvalConfig, s: SamplingConfig) -> str:
     """The cache key of one model's evaluation (see the module docstring for what it covers)."""
-    # torch's version, the device and (on the CPU) the thread count: each can change a sample's last bits
-    threads = torch.get_num_threads() if gen.device.type == "cpu" else None
+    # torch's version, the device and (on the CPU) the thread count a batch is sampled with: each can change a
+    # sample's last bits (eval.sampling_workers > 1 samples each batch on one thread)
+    threads = None
+    if gen.device.type == "cpu":
+        threads = 1 if e.sampling_workers > 1 else torch.get_num_threads()
     parts = {"version": SCORING_VERSION, "torch": torch.__version__, "device": str(gen.device.type), "threads": threads,
              "dtype": str(gen.dtype),
              "generator": generator_fingerprint(gen, ace), "items": items_digest(items), "evaluators": evaluators.digests,

@@ -20,6 +20,7 @@ from cxrl.eval.cache import EvaluationCache, evaluation_key
 from cxrl.eval.evaluators import Evaluators
 from cxrl.eval.fid import extract_features
 from cxrl.eval.scoring import SampleScores, reference_images, score_samples
+from cxrl.machine import map_batches
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def generate_samples(gen, prompts: Sequence[str], e: EvalConfig, s: SamplingConf
                      noise: torch.Tensor | None = None) -> torch.Tensor:
     """Images ``[P, S, C, H, W]`` in [0, 1] on the CPU: ``S = e.samples_per_prompt`` per prompt, sample ``s`` of
     prompt ``p`` from ``noise[p * S + s]`` (default: :func:`initial_noise` of ``e.seed``), in batches of
-    ``e.batch_size``, with the sampler of ``s``."""
+    ``e.batch_size`` (``e.sampling_workers`` batches at a time on the CPU), with the sampler of ``s``."""
     prompts = list(prompts)
     per_prompt = e.samples_per_prompt
     flat_prompts = [p for p in prompts for _ in range(per_prompt)]
@@ -49,16 +50,18 @@ def generate_samples(gen, prompts: Sequence[str], e: EvalConfig, s: SamplingConf
         noise = initial_noise(gen.latent_shape, len(flat_prompts), e.seed)
     if noise.shape[0] != len(flat_prompts):
         raise ValueError(f"noise has {noise.shape[0]} rows for {len(flat_prompts)} samples")
-    chunks = []
-    for start in range(0, len(flat_prompts), e.batch_size):
+
+    def sample_batch(start: int) -> torch.Tensor:   # batch k's noises depend on k alone: any order, the same bits
         stop = start + e.batch_size
         images = sample_images(
             gen, flat_prompts[start:stop], ace=ace, num_steps=s.num_steps, guidance_scale=s.guidance_scale, eta=s.eta,
             initial_noise=noise[start:stop].to(gen.device, gen.dtype),
             generator=torch.Generator(device=gen.device).manual_seed(e.seed + start),
         )
-        chunks.append(images.detach().float().cpu())
-    images = torch.cat(chunks)
+        return images.detach().float().cpu()
+
+    starts = range(0, len(flat_prompts), e.batch_size)
+    images = torch.cat(map_batches(sample_batch, starts, e.sampling_workers, gen.device.type))
     return images.view(len(prompts), per_prompt, *images.shape[1:])
 
 

@@ -23,6 +23,7 @@ from cxrl.diffusion.rollout import sample_images
 from cxrl.eval.evaluators import Evaluators
 from cxrl.eval.metrics import batched_scores
 from cxrl.eval.scoring import item_labels
+from cxrl.machine import map_batches
 from cxrl.rl.precision import autocast
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class ProbeMonitor:
     every: int
     batch_size: int
     autocast_dtype: torch.dtype | None = None
+    workers: int = 0                           # probe batches sampled at a time on the CPU (cxrl.machine.map_batches)
     last: dict = field(default_factory=dict)   # {"epochs": n, "scores": {reward: [per-sample scores]}}
     train_means: dict = field(default_factory=dict)   # {reward: [training reward mean per epoch since the last probe]}
 
@@ -60,16 +62,18 @@ class ProbeMonitor:
     def measure(self, gen, ace) -> dict[str, torch.Tensor]:
         """Per-sample held-out scores ``{reward: [P * S] float64}`` of the policy (``gen`` + ``ace``) on the probe."""
         p = self.probe
-        images = []
-        for begin in range(0, len(p.prompts), self.batch_size):
+
+        def sample_batch(begin: int) -> torch.Tensor:   # its noise depends on ``begin`` alone
             end = min(len(p.prompts), begin + self.batch_size)
             generator = torch.Generator(device=gen.device).manual_seed(p.seed + begin)
             with autocast(self.autocast_dtype):
-                images.append(sample_images(gen, p.prompts[begin:end], ace=ace, num_steps=self.sampling.num_steps,
-                                            guidance_scale=self.sampling.guidance_scale, eta=self.sampling.eta,
-                                            initial_noise=p.noise[begin:end].to(gen.device, gen.dtype),
-                                            generator=generator).float())
-        images = torch.cat(images)
+                return sample_images(gen, p.prompts[begin:end], ace=ace, num_steps=self.sampling.num_steps,
+                                     guidance_scale=self.sampling.guidance_scale, eta=self.sampling.eta,
+                                     initial_noise=p.noise[begin:end].to(gen.device, gen.dtype),
+                                     generator=generator).float()
+
+        images = torch.cat(map_batches(sample_batch, range(0, len(p.prompts), self.batch_size), self.workers,
+                                       gen.device.type))
         metadata = [{"labels": p.labels[i]} for i in range(len(p.prompts))]
         return {name: batched_scores(getattr(self.evaluators, kind), images, p.prompts, metadata, self.batch_size)
                 for name, kind in self.kinds.items()}

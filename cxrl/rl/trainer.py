@@ -21,7 +21,7 @@ import torch
 from cxrl.config import Config, to_yaml
 from cxrl.diffusion.rollout import recompute_log_prob, rollout
 from cxrl.eval.grids import save_grid
-from cxrl.machine import intra_op_threads
+from cxrl.machine import intra_op_threads, map_batches
 from cxrl.messages import warnings_file
 from cxrl.rewards import AsyncScorer, RewardOutput, RewardSuite, noise_for
 from cxrl.rl import checkpoint as ckpt
@@ -136,22 +136,30 @@ class Trainer:
         batch.embeds = self.gen.encode_prompts(unique)
         noise = noise_for(seeds, self.gen.latent_shape, device=self.device, dtype=self.gen.dtype)
         batch.initial_noise = noise
-        images = []
         start_time = time.perf_counter()
         bar = self.logger.progress(n, f"epoch {epoch} sampling")
-        for begin in range(0, n, s.batch_size):
+        # side by side (train.rollout_workers): the caller holds the UNet lock for all chunks; the overlapped
+        # scorer's hook needs the chunks in order, so it keeps them one at a time
+        workers = self.cfg.train.rollout_workers if on_chunk is None else 0
+        side_by_side = workers > 1 and self.device.type == "cpu"
+        chunk_lock = contextlib.nullcontext() if side_by_side else self._unet_lock
+
+        def sample_chunk(begin: int) -> torch.Tensor:   # writes only its own rows of the store
             end = min(n, begin + s.batch_size)
-            # one generator per global chunk: the same step noise whatever the sharding
+            # one generator per global chunk: the same step noise whatever the sharding or the order chunks run in
             chunk = (first_sample + begin) // s.batch_size
             gen_rng = torch_generator(derive_seed(self.cfg.train.seed, epoch, chunk, "rollout"), self.device)
-            with self._unet_lock, autocast(self.anchor.autocast_dtype):
+            with chunk_lock, autocast(self.anchor.autocast_dtype):
                 out = rollout(self.gen, batch.embeds[ids[begin:end].to(batch.embeds.device)], store, begin,
                               ace=self.policy.ace, num_steps=s.num_steps, guidance_scale=s.guidance_scale, eta=s.eta,
                               initial_noise=noise[begin:end], generator=gen_rng)
-            images.append(out.images)
             if on_chunk is not None:
                 on_chunk(batch, begin, end, out.images)
             bar.update(end - begin)
+            return out.images
+
+        with self._unet_lock if side_by_side else contextlib.nullcontext():
+            images = map_batches(sample_chunk, range(0, n, s.batch_size), workers, self.device.type)
         bar.close()
         store.write_prompt_ids(0, ids)
         batch.store, batch.images = store, torch.cat(images)

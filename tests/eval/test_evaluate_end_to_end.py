@@ -119,3 +119,34 @@ def test_evaluate_command_refuses_missing_xrv_weights(tiny_generators, evaluator
                      "--steps", "1", "--evaluators", str(evaluator_root), "--fid-features", "xrv",
                      "--xrv-cache-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 2
     assert "FID feature extractor 'xrv-densenet121" in capsys.readouterr().err
+
+
+def test_sampling_workers_give_the_one_thread_samples_and_their_cache_key(tiny_generators, evaluator_root, make_items):
+    """Batches sampled side by side (one thread each) are the bits of one batch at a time on one thread, in order;
+    the cache key records the one thread they were sampled with."""
+    from cxrl.diffusion import load_generator
+    from cxrl.eval.cache import evaluation_key
+
+    gen = load_generator(tiny_generators["base"])
+    prompts = [it["prompt"] for it in make_items(5)]
+    one_at_a_time = apply_overrides(CFG, ["eval.batch_size=3"]).eval   # 20 samples: 7 batches, the last one short
+    side_by_side = apply_overrides(CFG, ["eval.batch_size=3", "eval.sampling_workers=2"]).eval
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = generate_samples(gen, prompts, one_at_a_time, CFG.sampling)
+        key_one_thread = evaluation_key(gen, None, make_items(5), load_evaluators(evaluator_root), None,
+                                        one_at_a_time, CFG.sampling)
+    finally:
+        torch.set_num_threads(before)
+    torch.set_num_threads(2)
+    try:
+        parallel = generate_samples(gen, prompts, side_by_side, CFG.sampling)
+        assert torch.get_num_threads() == 2
+        key_workers = evaluation_key(gen, None, make_items(5), load_evaluators(evaluator_root), None,
+                                     side_by_side, CFG.sampling)
+    finally:
+        torch.set_num_threads(before)
+    assert parallel.shape == (5, 4, 1, 32, 32)
+    torch.testing.assert_close(parallel, reference, rtol=0, atol=0)
+    assert key_workers == key_one_thread

@@ -195,3 +195,19 @@ def test_rollout_threads_run_the_forward_stages_and_leave_the_update_its_threads
     assert seen == {("rollout", 1): {1}, ("update", 1): {1}, ("rollout", 2): {2}, ("update", 2): {1}}
     assert torch.get_num_threads() == 1
     assert first_rewards[1] and first_rewards[1] == pytest.approx(first_rewards[2], rel=1e-4, abs=1e-6)
+
+
+def test_rollout_workers_sample_the_same_trajectories_side_by_side(tiny_pixel_dir, tmp_path, one_thread):
+    """train.rollout_workers=2 samples two chunks at a time, one thread each: every stored latent, log-prob and image
+    is the bit of one chunk at a time on one thread (each chunk's noise comes from its own generator)."""
+    batches = {}
+    for workers in (0, 2):
+        tr = _trainer(tiny_pixel_dir, tmp_path / f"w{workers}", epochs=1, prompts=[*PROMPTS, "right lower lobe opacity"],
+                      extra=[f"train.rollout_workers={workers}", "rewards.overlap=false", "sampling.samples_per_epoch=8"])
+        batches[workers] = _epoch_batch(tr)
+        assert torch.get_num_threads() == 1
+    one, two = batches[0], batches[2]
+    assert one.store.latents.shape[0] == 8
+    for name in ("latents", "log_probs", "timesteps", "prompt_ids", "rewards"):
+        torch.testing.assert_close(getattr(two.store, name), getattr(one.store, name), rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(two.images, one.images, rtol=0, atol=0)
