@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cxrl.eval.auroc import macro_auroc
-from cxrl.eval.compare import improved, paired_bootstrap
+from cxrl.eval.compare import improved, metric_values, paired_bootstrap, resample_counts, resampled_metric_values
 from cxrl.eval.scoring import SampleScores
 
 
@@ -44,3 +44,36 @@ def test_paired_bootstrap_reference_values():
     assert only_first["auroc"]["base"] == pytest.approx(expected_first) != pytest.approx(expected_base)
     assert only_first["auroc_all_labels"]["base"] == pytest.approx(expected_base)
     assert only_first["auroc"]["tuned"] == pytest.approx(1.0)
+
+
+def test_resampled_metrics_equal_the_metrics_of_each_resample_built_out():
+    """All resamples at once (prompt counts, pairwise wins) give what building each resample and computing its
+    metrics gives: ties, uncertain and unmentioned labels, a rare label missing from some resamples, and a label
+    whose scores are non-finite for one prompt."""
+    g = torch.Generator().manual_seed(4)
+    prompts, per_prompt, num_labels = 30, 4, 14
+    labels = torch.full((prompts, num_labels), math.nan, dtype=torch.float64)
+    labels[:, 0] = (torch.rand(prompts, generator=g) < 0.4).double()
+    labels[:, 1] = torch.tensor([1.0, 0.0, -1.0] * 10)
+    labels[:2, 2], labels[2:, 2] = 1.0, 0.0                     # two positive prompts: absent from some resamples
+    labels[:, 3] = torch.tensor([1.0] + [0.0] * 29)              # one: absent from about a third of them
+    labels[:, 4] = (torch.arange(prompts) % 2).double()
+    probs = torch.rand(prompts, per_prompt, num_labels, generator=g)
+    probs[:, :, 1] = (probs[:, :, 1] * 4).floor() / 4           # heavy ties
+    probs[7, 2, 4] = math.nan                                    # label 4 unscorable whenever prompt 7 is drawn
+    scores = SampleScores(torch.rand(prompts, per_prompt, generator=g, dtype=torch.float64), None, probs)
+    counts = resample_counts(prompts, 40, seed=9)
+    assert counts.shape == (40, prompts) and bool((counts.sum(dim=1) == prompts).all())
+    for columns in (None, [0, 2, 3, 4]):
+        fast = resampled_metric_values(scores, labels, counts, columns)
+        generator = torch.Generator().manual_seed(9)
+        for r in range(40):
+            index = torch.randint(prompts, (prompts,), generator=generator)
+            assert torch.equal(torch.bincount(index, minlength=prompts).double(), counts[r])
+            slow = metric_values(scores, labels, index, columns)
+            assert set(slow) == set(fast)
+            for key, value in slow.items():
+                if math.isnan(value):
+                    assert math.isnan(float(fast[key][r])), (key, r)
+                else:
+                    assert float(fast[key][r]) == pytest.approx(value, rel=1e-12, abs=1e-12), (key, r, columns)
