@@ -72,6 +72,9 @@ class RewardModel(abc.ABC):
     name: str = "reward"
     comparative: bool = True
     strict: bool = False   # True: a non-finite reward is an error; False: it is reported and excluded later
+    # warnings about the inputs rather than the model (e.g. prompts without a labelled class); an ensemble keeps
+    # them for its first member only, so they are not repeated once per member
+    warn_about_inputs: bool = True
 
     def __init__(self, name: str | None = None, comparative: bool | None = None):
         if name is not None:

@@ -108,7 +108,7 @@ class DiagnosticReward(RewardModel):
         labels = labels_from_metadata(self.name, prompts, metadata, self.device)
         scores, has_label = masked_bce_score(self.predict_proba(images), labels)
         self.last_unlabelled = ~has_label
-        if not bool(has_label.all()):
+        if not bool(has_label.all()) and self.warn_about_inputs:
             idx = (~has_label).nonzero().flatten().tolist()
             log.warning("reward '%s': %d sample(s) have no labelled class, scored 0: %s", self.name, len(idx),
                         [prompts[i][:80] for i in idx[:3]])

@@ -30,6 +30,8 @@ class EnsembleReward(RewardModel):
         super().__init__(name or members[0].name, members[0].comparative if comparative is None else comparative)
         self.members = list(members)
         self.device = members[0].device
+        for m in self.members[1:]:   # the same inputs: their warnings would repeat once per member
+            m.warn_about_inputs = False
 
     def to(self, device, dtype: torch.dtype | None = None) -> EnsembleReward:
         for m in self.members:

@@ -91,3 +91,18 @@ def test_ensemble_needs_one_kind_of_member(tmp_path):
         EnsembleReward([posture, diagnostic])
     with pytest.raises(ValueError, match="at least 2"):
         EnsembleReward([posture])
+
+
+def test_a_diagnostic_ensemble_warns_about_unlabelled_prompts_once(caplog):
+    import logging
+
+    cfg = load_config(None)
+    entry = next(e for e in cfg.rewards.components if e["name"] == "diagnostic")
+    model, _ = reward_from_config(entry)
+    caplog.set_level(logging.WARNING, logger="cxrl")
+    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    unlabelled = {"labels": torch.full((14,), float("nan"))}   # no CheXpert class stated positive or negative
+    scores = model(images, ["Emphysema."] * 2, [unlabelled, unlabelled])
+    assert torch.equal(scores, torch.zeros(2))
+    assert caplog.text.count("have no labelled class") == 1
+    assert model.members[0].warn_about_inputs and not any(m.warn_about_inputs for m in model.members[1:])
