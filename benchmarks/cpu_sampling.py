@@ -63,7 +63,7 @@ def run(threads: int = 2, reps: int = 15) -> dict:
         batches = [(torch.randn(rows, 1, width, width), torch.full((rows,), 500),
                     torch.randn(rows, 20, unet.config.cross_attention_dim)) for _ in range(8)]
         with torch.no_grad():
-            a, b = _pair(lambda: map_batches(forward, batches, 0), lambda: map_batches(forward, batches, threads),
+            a, b = _pair(lambda b=batches: map_batches(forward, b, 0), lambda b=batches: map_batches(forward, b, threads),
                          max(3, reps // 3))
         results.append(_record(f"8 forwards of {rows} rows ({what})", a, b,
                                (f"one_at_a_time_{threads}_threads", f"{threads}_workers_1_thread")))

@@ -9,9 +9,10 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 

@@ -3,7 +3,6 @@ the caller's thread count as it found it."""
 import math
 
 import pytest
-
 import torch
 
 from cxrl.machine import matmul_tflops, yardstick
