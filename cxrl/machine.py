@@ -79,8 +79,11 @@ def map_batches(fn: Callable[[T], R], jobs: Sequence[T], workers: int = 0, devic
     (seed each job's randomness from the job) and may only write to what its job owns; the results keep the jobs'
     order, the caller's grad mode holds in the workers, and the first exception is raised."""
     jobs = list(jobs)
-    if workers <= 1 or device_type != "cpu" or len(jobs) <= 1:
+    if workers <= 1 or device_type != "cpu":
         return [fn(job) for job in jobs]
+    if len(jobs) <= 1:   # still one thread: a job's bits must not depend on how many jobs there were
+        with intra_op_threads(1):
+            return [fn(job) for job in jobs]
     grad_enabled = torch.is_grad_enabled()   # thread-local in torch: carry the caller's into the workers
 
     def run(job):

@@ -90,6 +90,9 @@ def test_map_batches_keeps_order_grad_mode_and_threads_and_raises():
     assert map_batches(job, range(3), workers=0) == [0, 1, 4]   # inline: the caller's thread and settings
     assert {ident for ident, *_ in seen} == {threading.get_ident()} and all(grad for *_, grad in seen)
     assert map_batches(job, range(3), workers=4, device_type="cuda") == [0, 1, 4]
+    seen.clear()
+    assert map_batches(job, [5], workers=2) == [25]                # one job: the caller's thread, one intra-op thread
+    assert seen[0][:2] == (threading.get_ident(), 1) and torch.get_num_threads() == before
 
     def fails(k):
         if k == 2:
