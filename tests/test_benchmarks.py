@@ -170,3 +170,14 @@ def test_cpu_sampling_benchmark_times_each_case_against_what_it_replaces(tmp_pat
         times = [v for k, v in r.items() if k.endswith("_ms")]
         assert len(times) == 2 and all(v > 0 for v in times)
         assert r["speedup"] == pytest.approx(times[0] / times[1], rel=1e-2)
+
+
+def test_bootstrap_benchmark_agrees_with_the_per_resample_path(tmp_path):
+    from benchmarks import bench_bootstrap
+
+    out = tmp_path / "bootstrap.json"
+    assert bench_bootstrap.main(["--resamples", "20", "--prompts", "80", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["prompts"] == 80 and record["resamples"] == 20 and record["samples_per_prompt"] == 4
+    assert record["max_abs_difference"] < 1e-12   # the same intervals as building every resample
+    assert record["per_resample_s"] > 0 and record["all_at_once_s"] > 0

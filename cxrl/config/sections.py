@@ -114,7 +114,7 @@ class TrainConfig:
     rollout_workers: int = opt(0, "CPU: sample this many rollout chunks (and monitor probe batches) at a time, each on "
                                "its own thread with one intra-op thread (0/1 = one chunk at a time on "
                                "train.rollout_threads). Each chunk's noise is its own, so the trajectories are those of "
-                               "one chunk at a time on one thread; 2 on the demo's 2 vCPUs: ~15% faster (docs/demo.md). "
+                               "one chunk at a time on one thread; 2 on the demo's 2 vCPUs: ~9% faster (python -m benchmarks.cpu_sampling). "
                                "Not with rewards.overlap (its scorer takes the chunks in order)", lo=0)
 
 
@@ -163,8 +163,8 @@ class EvalConfig:
                                "it samples with no scorer thread beside it, so it can use more cores than training", lo=0)
     sampling_workers: int = opt(0, "CPU: sample this many batches at a time, each on its own thread with one intra-op "
                                 "thread (0/1 = one batch at a time on eval.torch_threads). The samples are the same bits "
-                                "(each batch's noise is its own); the demo's 2 workers sample ~15% faster than 1 batch on "
-                                "2 threads (docs/demo.md)", lo=0)
+                                "(each batch's noise is its own); the demo's 2 workers sample ~12% faster than 1 batch on "
+                                "2 threads (python -m benchmarks.cpu_sampling)", lo=0)
 
 
 @dataclass
