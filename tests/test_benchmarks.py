@@ -173,10 +173,10 @@ def test_cpu_sampling_benchmark_times_each_case_against_what_it_replaces(tmp_pat
 
 
 def test_bootstrap_benchmark_agrees_with_the_per_resample_path(tmp_path):
-    from benchmarks import bench_bootstrap
+    from benchmarks import bootstrap_speed
 
     out = tmp_path / "bootstrap.json"
-    assert bench_bootstrap.main(["--resamples", "20", "--prompts", "80", "--out", str(out)]) == 0
+    assert bootstrap_speed.main(["--resamples", "20", "--prompts", "80", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["prompts"] == 80 and record["resamples"] == 20 and record["samples_per_prompt"] == 4
     assert record["max_abs_difference"] < 1e-12   # the same intervals as building every resample

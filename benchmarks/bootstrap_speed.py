@@ -6,7 +6,7 @@ Scores: the shipped base model's evaluation (``cxrl/assets/eval_cache``: 246 tes
 a seeded perturbation of it as "tuned"; labels: the phantom test split's. Both paths draw the same resamples; the
 record gives both times, their ratio and the largest difference of any reported number (diff, std, CI ends).
 
-``python -m benchmarks.bench_bootstrap`` writes benchmarks/results/bootstrap.json (``--out`` elsewhere);
+``python -m benchmarks.bootstrap_speed`` writes benchmarks/results/bootstrap.json (``--out`` elsewhere);
 docs/demo.md ("Session 7") quotes it.
 """
 from __future__ import annotations
