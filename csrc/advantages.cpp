@@ -28,7 +28,8 @@ Moments moments(It begin, It end) {
 
 AdvantageStats::AdvantageStats(int mode, int64_t window, int64_t min_count, int64_t group_size, double clip, double eps)
     : mode_(mode), window_(window), min_count_(min_count), group_size_(group_size), clip_(clip), eps_(eps) {
-  if (mode != kPerPrompt && mode != kGroup) throw std::invalid_argument("mode must be 0 (per_prompt) or 1 (group)");
+  if (mode != kPerPrompt && mode != kGroup && mode != kGroupBatch)
+    throw std::invalid_argument("mode must be 0 (per_prompt), 1 (group) or 2 (group_batch)");
   if (window < 1) throw std::invalid_argument("window must be >= 1, got " + std::to_string(window));
   if (min_count < 1 || min_count > window)
     throw std::invalid_argument("min_count must be in [1, window=" + std::to_string(window) + "], got " + std::to_string(min_count));
@@ -56,6 +57,24 @@ std::vector<float> AdvantageStats::compute(const int64_t* keys, const double* re
     members[it->second].push_back(i);
   }
   std::vector<float> out(n);
+  if (mode_ != kPerPrompt && group_size_ > 0)
+    for (size_t g = 0; g < order.size(); ++g)
+      if (static_cast<int64_t>(members[g].size()) != group_size_)
+        throw std::invalid_argument("advantages: prompt id " + std::to_string(order[g]) + " has " + std::to_string(members[g].size()) +
+                                    " samples in this batch; group mode needs exactly group_size=" + std::to_string(group_size_));
+  if (mode_ == kGroupBatch) {
+    // centre each group on its mean, then one scale: the std of all centred rewards (in sample order)
+    std::vector<double> centred(n), values;
+    for (const auto& idx : members) {
+      values.clear();
+      for (int64_t i : idx) values.push_back(rewards[i]);
+      const double mean = moments(values.begin(), values.end()).mean;
+      for (int64_t i : idx) centred[i] = rewards[i] - mean;
+    }
+    const double scale = moments(centred.begin(), centred.end()).std + eps_;
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(std::clamp(centred[i] / scale, -clip_, clip_));
+    return out;
+  }
   const Moments batch = moments(rewards, rewards + n);
   std::vector<double> values;
   for (size_t g = 0; g < order.size(); ++g) {
@@ -64,9 +83,6 @@ std::vector<float> AdvantageStats::compute(const int64_t* keys, const double* re
     for (int64_t i : idx) values.push_back(rewards[i]);
     Moments m;
     if (mode_ == kGroup) {
-      if (group_size_ > 0 && static_cast<int64_t>(idx.size()) != group_size_)
-        throw std::invalid_argument("advantages: prompt id " + std::to_string(order[g]) + " has " + std::to_string(idx.size()) +
-                                    " samples in this batch; group mode needs exactly group_size=" + std::to_string(group_size_));
       m = moments(values.begin(), values.end());
     } else {
       auto& win = windows_[order[g]];

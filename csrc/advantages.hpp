@@ -7,6 +7,8 @@
 // statistics"), otherwise with the mean/std of its window. A = (r - mean) / (std + eps).
 // group: the samples of one prompt within this call form a group (exactly `group_size` of them when
 // group_size > 0); A = (r - mean_group) / (std_group + eps). No state is kept.
+// group_batch: the same groups and group means, but one scale for the whole call: A = c / (std_c + eps) with
+// c = r - mean_group and std_c the std of every c of the call. No state is kept.
 // Both: population std (divide by n), eps = 1e-6, computed in double, clipped to [-clip, clip].
 #pragma once
 
@@ -19,7 +21,7 @@ namespace cxrl {
 
 class AdvantageStats {
  public:
-  enum Mode { kPerPrompt = 0, kGroup = 1 };
+  enum Mode { kPerPrompt = 0, kGroup = 1, kGroupBatch = 2 };
   AdvantageStats(int mode, int64_t window, int64_t min_count, int64_t group_size, double clip, double eps);
 
   // keys/rewards of length n -> advantages (float32) of length n. Throws std::invalid_argument for a

@@ -10,6 +10,7 @@ from cxrl.compose.monitor import build_monitor
 from cxrl.compose.rewards import build_reward_suite
 from cxrl.compose.sources import prompt_pool
 from cxrl.config import Config
+from cxrl.config.sections import GROUP_ADVANTAGES
 from cxrl.hashing import generator_fingerprint
 from cxrl.rl.anchor import FrozenAnchor
 from cxrl.rl.distributed import DistContext
@@ -51,7 +52,7 @@ def build_trainer(cfg: Config, pool: PromptPool | None = None, dist: DistContext
     updater = PPOUpdater(policy.params, optimizer, t, precision, dist=dist,
                          ema=EMA(policy.params, t.ema_decay) if t.ema_decay > 0 else None)
     tracker = AdvantageTracker(mode=t.advantage, window=t.advantage_window, min_count=t.advantage_min_count,
-                               group_size=cfg.sampling.group_size if t.advantage == "group" else None, clip=t.adv_clip)
+                               group_size=cfg.sampling.group_size if t.advantage in GROUP_ADVANTAGES else None, clip=t.adv_clip)
     unet_lock = threading.RLock()
     anchor = FrozenAnchor(policy, cfg.sampling, dist.device, precision, unet_lock)
     suite = build_reward_suite(cfg.rewards, cfg.sampling, dist.device, anchor_sampler=anchor.images, anchor_hash=anchor_hash,

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from cxrl.config import schema
-from cxrl.config.sections import (DATA_SOURCES, EVAL_SOURCES, REWARD_ENTRY_KEYS, SPLITS, CheckpointConfig, DataConfig,
+from cxrl.config.sections import (DATA_SOURCES, EVAL_SOURCES, GROUP_ADVANTAGES, REWARD_ENTRY_KEYS, SPLITS, CheckpointConfig, DataConfig,
                                   DistConfig, EvalConfig, LogConfig, ModelConfig, MonitorConfig, PretrainConfig,
                                   RewardsConfig, RewardTrainingConfig, SamplingConfig, TrainConfig)
 
@@ -54,8 +54,8 @@ class Config:
             raise ValueError(f"sampling.samples_per_epoch ({s.samples_per_epoch}) must be a multiple of sampling.group_size ({s.group_size})")
         if t.advantage_min_count > t.advantage_window:
             raise ValueError(f"train.advantage_min_count ({t.advantage_min_count}) must be <= train.advantage_window ({t.advantage_window})")
-        if t.advantage == "group" and s.group_size < 2:
-            raise ValueError("train.advantage 'group' needs sampling.group_size >= 2 (images per prompt per epoch)")
+        if t.advantage in GROUP_ADVANTAGES and s.group_size < 2:
+            raise ValueError(f"train.advantage {t.advantage!r} needs sampling.group_size >= 2 (images per prompt per epoch)")
         if self.eval.enabled:
             _validate_evaluation(self.eval, self.data)
         if self.monitor.every and self.data.source in ("phantom", "iuxray") and self.monitor.split == self.data.split:

@@ -14,6 +14,8 @@ SPLITS = ("train", "validate", "test")   # the one spelling of dataset splits, e
 SPLIT_RENAMES = {"validation": "validate", "val": "validate"}
 DATA_SOURCES = ["phantom", "iuxray", "mimic", "file"]
 EVAL_SOURCES = ["phantom", "iuxray", "mimic"]
+ADVANTAGE_MODES = ("per_prompt", "group", "group_batch")   # cxrl.trajectory.advantages has their semantics
+GROUP_ADVANTAGES = ("group", "group_batch")                # the modes whose groups are one prompt's images
 
 
 @dataclass
@@ -91,7 +93,10 @@ class TrainConfig:
                                "measures it); both are capped so that one step stays trainable", lo=0)
     clip_range: float = opt(1e-4, "PPO clip epsilon of the importance ratio", lo=0.0, lo_open=True)
     adv_clip: float = opt(5.0, "advantages are clipped to +-adv_clip", lo=0.0, lo_open=True)
-    advantage: str = opt("per_prompt", "advantage normalisation", choices=["per_prompt", "group"])
+    advantage: str = opt("per_prompt", "advantage normalisation: 'per_prompt' (DDPO's per-prompt windows), 'group' "
+                         "(each prompt's images against their mean, divided by their std: GRPO), 'group_batch' (against "
+                         "their mean, divided by one std over the epoch: a prompt whose images barely differ stays small)",
+                         choices=list(ADVANTAGE_MODES))
     reward_normalization: str = opt("none", "'components': divide each reward component by its std over the epoch's "
                                     "samples before the weighted sum, so rewards.components weights are relative "
                                     "importances whatever each reward's scale; 'none': the weighted sum of raw rewards",

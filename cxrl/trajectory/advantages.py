@@ -13,12 +13,13 @@ import os
 import torch
 
 from cxrl import _backend
+from cxrl.config.sections import ADVANTAGE_MODES, GROUP_ADVANTAGES
 from cxrl.trajectory.extension import _C, STATUS
 from cxrl.trajectory.format import read_tracker_file, write_tracker_file
 from cxrl.trajectory.inputs import check_finite, checked_int, checked_tensor
 
 _TRACKER_CONFIG = ("mode", "window", "min_count", "group_size", "clip", "eps")
-_MODE_CODES = {"per_prompt": 0, "group": 1}
+_MODE_CODES = {"per_prompt": 0, "group": 1, "group_batch": 2}   # cxrl._C.AdvantageStats' codes
 
 
 def _moments(values: list[float]) -> tuple[float, float]:
@@ -46,8 +47,17 @@ class ReferenceStats:
         members: dict[int, list[int]] = {}
         for i, key in enumerate(ids):
             members.setdefault(key, []).append(i)
-        batch = _moments(values)
         out = [0.0] * len(values)
+        if self.mode == "group_batch":
+            centred = [0.0] * len(values)
+            for idx in members.values():
+                mean = _moments([values[i] for i in idx])[0]
+                for i in idx:
+                    centred[i] = values[i] - mean
+            scale = _moments(centred)[1] + self.eps
+            out = [max(-self.clip, min(self.clip, c / scale)) for c in centred]
+            return torch.tensor(out, dtype=torch.float64).to(torch.float32)
+        batch = _moments(values)
         for key, idx in members.items():
             group = [values[i] for i in idx]
             if self.mode == "group":
@@ -111,6 +121,10 @@ class AdvantageTrackerBase:
     ``group_size`` of them unless group_size is None -- normalised by the group's mean and std; no
     state is kept between calls. Both: A = (r - mean) / (std + eps), population std (divide by n),
     eps = 1e-6 by default, computed in float64, clipped to [-clip, clip], returned as float32.
+    ``mode="group_batch"``: the groups and group means of ``"group"``, but one std for the whole call: the std
+    of every group-centred reward c = r - mean_group, A = c / (std_c + eps) (Dr. GRPO's point: dividing each
+    group by its own std blows a prompt whose images barely differ up to the scale of one whose images differ
+    a lot, so its noise moves the policy as much as the other's signal).
 
     Prompt texts map to stable int ids in order of first appearance; the mapping and the windows are
     the tracker's state (``state_dict``/``load_state_dict``; ``save``/``load`` write a checksummed file).
@@ -122,8 +136,8 @@ class AdvantageTrackerBase:
 
     def __init__(self, mode: str = "per_prompt", window: int = 16, min_count: int = 16,
                  group_size: int | None = None, clip: float = 5.0, eps: float = 1e-6):
-        if mode not in ("per_prompt", "group"):
-            raise ValueError(f"mode must be 'per_prompt' or 'group', got {mode!r}")
+        if mode not in _MODE_CODES:
+            raise ValueError(f"mode must be one of {ADVANTAGE_MODES}, got {mode!r}")
         self.mode = mode
         self.window, self.min_count = checked_int(window, "window"), checked_int(min_count, "min_count")
         if self.window < 1 or not 1 <= self.min_count <= self.window:
@@ -156,7 +170,7 @@ class AdvantageTrackerBase:
         values = r.detach().to("cpu", torch.float64)
         check_finite(values, "compute: rewards")
         ids, new_prompts = self._resolve_keys(prompt_keys, values.numel())
-        if self.mode == "group" and self.group_size is not None:
+        if self.mode in GROUP_ADVANTAGES and self.group_size is not None:
             counts: dict[int, int] = {}
             for i in ids:
                 counts[i] = counts.get(i, 0) + 1

@@ -18,15 +18,15 @@ PROMPTS = ["no finding", "small left pleural effusion", "cardiomegaly", "AP view
 
 @st.composite
 def epochs(draw):
-    mode = draw(st.sampled_from(["per_prompt", "group"]))
+    mode = draw(st.sampled_from(["per_prompt", "group", "group_batch"]))
     window = draw(st.integers(1, 8))
     config = dict(mode=mode, window=window, min_count=draw(st.integers(1, window)),
                   clip=draw(st.sampled_from([0.5, 5.0])))
     batches = []
-    if mode == "group":
+    if mode != "per_prompt":
         config["group_size"] = g = draw(st.integers(1, 4))
     for _ in range(draw(st.integers(1, 4))):
-        if mode == "group":
+        if mode != "per_prompt":
             prompts = draw(st.lists(st.sampled_from(PROMPTS), min_size=1, max_size=3, unique=True)) * g
         else:
             prompts = draw(st.lists(st.sampled_from(PROMPTS), min_size=1, max_size=12))
@@ -99,6 +99,26 @@ def test_group_mode_formula_clip_and_group_size(cls):
     assert torch.equal(a[3:], torch.zeros(3))  # zero spread -> zero advantage, not nan
     with pytest.raises(ValueError, match="prompt 'b' has 2 samples in this batch; group mode needs exactly group_size=3"):
         t.compute(["a", "a", "a", "b", "b"], torch.randn(5))
+
+
+@pytest.mark.parametrize("cls", [AdvantageTracker, ReferenceAdvantageTracker])
+def test_group_batch_mode_centres_per_group_and_scales_per_call(cls):
+    t = cls(mode="group_batch", group_size=3, clip=5.0)
+    r = torch.tensor([1.0, 2.0, 6.0, 10.0, 10.1, 9.9, 0.5, 0.5, 0.5], dtype=torch.float64)
+    prompts = ["a", "a", "a", "b", "b", "b", "c", "c", "c"]
+    a = t.compute(prompts, r)
+    groups = r.numpy().reshape(3, 3)
+    centred = (groups - groups.mean(axis=1, keepdims=True)).ravel()   # each prompt against its own mean ...
+    np.testing.assert_allclose(a.numpy(), centred / (centred.std() + 1e-6), rtol=1e-6)   # ... one scale for all
+    assert torch.equal(a[6:], torch.zeros(3))   # zero spread -> zero advantage
+    # what sets it apart from 'group': the nearly flat prompt 'b' stays small instead of being blown up to unit std
+    per_group = cls(mode="group", group_size=3).compute(prompts, r)
+    assert float(a[3:6].abs().max()) < 0.1 < 1.0 < float(per_group[3:6].abs().max())
+    # the group size is checked as in 'group', with the same words
+    with pytest.raises(ValueError, match="prompt 'b' has 2 samples in this batch; group mode needs exactly group_size=3"):
+        t.compute(["a", "a", "a", "b", "b"], torch.randn(5))
+    clipped = cls(mode="group_batch", group_size=2, clip=0.5).compute(["a", "a"], torch.tensor([0.0, 1.0]))
+    assert torch.equal(clipped, torch.tensor([-0.5, 0.5]))
 
 
 @pytest.mark.parametrize("cls", [AdvantageTracker, ReferenceAdvantageTracker])
