@@ -19,13 +19,14 @@ the policy and the anchor.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from cxrl.diffusion.ace import guided_context
-from cxrl.diffusion.ddim import ddim_step_with_logprob, tables_for
+from cxrl.diffusion.ddim import DDIMTables, ddim_step_with_logprob, tables_for
 from cxrl.kernels.ddim_logprob import fused_ddim_step
 
 DEFAULT_GUIDANCE_SCALE = 5.0
@@ -80,12 +81,21 @@ def _context(gen, prompt_embeds, negative_embeds, ace, use_cfg):
                           ace, use_cfg)
 
 
-def _tables(gen, num_steps: int):
+# The scheduler is shared by every thread sampling from one generator (rollout and evaluation batches run side by
+# side: cxrl.machine.map_batches). diffusers' set_timesteps sets num_inference_steps before it replaces
+# timesteps, so without the lock a second thread could see the new count with the old (1000-step) timesteps.
+_SCHEDULE_LOCK = threading.Lock()
+
+
+def schedule(gen, num_steps: int) -> tuple[DDIMTables, torch.Tensor]:
+    """The DDIM tables and the host (CPU, int64) timesteps of ``num_steps`` steps, setting the generator's
+    scheduler to that many steps first if needed; safe to call from several threads at once."""
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps <= 0:
         raise ValueError(f"num_steps={num_steps!r}: must be a positive int")
-    if gen.scheduler.num_inference_steps != num_steps:
-        gen.scheduler.set_timesteps(num_steps, device="cpu")
-    return tables_for(gen.scheduler, gen.device)
+    with _SCHEDULE_LOCK:
+        if gen.scheduler.num_inference_steps != num_steps:
+            gen.scheduler.set_timesteps(num_steps, device="cpu")
+        return tables_for(gen.scheduler, gen.device), gen.scheduler.timesteps.to("cpu", torch.long)
 
 
 def _unet(gen, x, t, context, mask, use_cfg):
@@ -123,8 +133,7 @@ def rollout(gen, prompt_embeds: torch.Tensor, store=None, start: int = 0, *, ace
     batch = prompt_embeds.shape[0]
     device, dtype = gen.device, gen.dtype
     shape = (batch, *gen.latent_shape)
-    tables = _tables(gen, num_steps)
-    host_timesteps = gen.scheduler.timesteps.to("cpu", torch.long)
+    tables, host_timesteps = schedule(gen, num_steps)
     tables.check_stochastic(host_timesteps)  # once, on the host: the loop below never looks at values
     if store is not None:
         _check_store(store, batch, start, num_steps, gen.latent_shape)
@@ -213,7 +222,7 @@ def recompute_log_prob(gen, x_t: torch.Tensor, x_prev: torch.Tensor, timesteps: 
         num_steps = gen.scheduler.num_inference_steps
         if num_steps is None:
             raise ValueError("num_steps: not given and the scheduler has never been set (pass the rollout's num_steps)")
-    tables = _tables(gen, num_steps)
+    tables = schedule(gen, num_steps)[0]
     batch = prompt_embeds.shape[0]
     for name, tensor in (("x_t", x_t), ("x_prev", x_prev)):
         if tuple(tensor.shape) != (batch, *gen.latent_shape):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cxrl.diffusion.ddim import ddim_step_with_logprob
-from cxrl.diffusion.rollout import _context, _tables, _unet, recompute_log_prob
+from cxrl.diffusion.rollout import _context, _unet, recompute_log_prob, schedule
 from cxrl.rl.prompts import reward_metadata
 
 
@@ -77,8 +77,8 @@ def sample_trunks(gen, embeds: torch.Tensor, *, num_steps: int, guidance_scale: 
                   generator: torch.Generator) -> list[torch.Tensor]:
     """One trajectory per prompt embedding: ``[x_T, x_{after step 0}, ..., x_0]``."""
     n = embeds.shape[0]
-    tables = _tables(gen, num_steps)
-    timesteps = gen.scheduler.timesteps.to(gen.device, torch.long)
+    tables, timesteps = schedule(gen, num_steps)
+    timesteps = timesteps.to(gen.device)
     ctx, mask = _context(gen, embeds, None, ace, True)
     trunk = [torch.randn((n, *gen.latent_shape), generator=generator, device=gen.device, dtype=gen.dtype)]
     for j in range(num_steps):
@@ -100,8 +100,8 @@ def branch_variances(gen, suite, entries: list[dict], *, num_steps: int, guidanc
     embeds = gen.encode_prompts(prompts)
     g = torch.Generator(device=device).manual_seed(seed)
     trunk = sample_trunks(gen, embeds, num_steps=num_steps, guidance_scale=guidance_scale, eta=eta, ace=ace, generator=g)
-    tables = _tables(gen, num_steps)
-    timesteps = gen.scheduler.timesteps.to(device, torch.long)
+    tables, timesteps = schedule(gen, num_steps)
+    timesteps = timesteps.to(device)
     ctx, mask = _context(gen, embeds.repeat_interleave(branches, 0), None, ace, True)
     variance: dict[str, list[float]] = {name: [] for name in suite.names}
     for level in range(-1, num_steps):
@@ -123,7 +123,7 @@ def log_prob_grad_norms(gen, params: list[torch.nn.Parameter], embeds: torch.Ten
                         num_steps: int, guidance_scale: float, eta: float, ace=None) -> list[float]:
     """Per step, the mean over the trunk's samples of ``|| d log pi(x_{j+1} | x_j) / d params ||`` (one backward per
     sample and step: a batch would give the norm of the summed gradient instead)."""
-    timesteps = gen.scheduler.timesteps.to(gen.device, torch.long)
+    timesteps = schedule(gen, num_steps)[1].to(gen.device)
     n = embeds.shape[0]
     norms = []
     for j in range(num_steps):
@@ -158,7 +158,8 @@ def measure_step_credit(trainer, num_prompts: int = 32, branches: int = 4, gradi
         grad_norm = log_prob_grad_norms(gen, trainer.policy.params, embeds, trunk, **settings)
     finally:
         gen.unet.train(was_training)
-    timesteps = gen.scheduler.timesteps.to(gen.device, torch.long)
-    _, _, std = _tables(gen, s.num_steps).coefficients(timesteps, len(timesteps), float(s.eta))
+    tables, timesteps = schedule(gen, s.num_steps)
+    timesteps = timesteps.to(gen.device)
+    _, _, std = tables.coefficients(timesteps, len(timesteps), float(s.eta))
     return StepCredit(timesteps=[int(t) for t in timesteps], sigma=[float(x) for x in std.flatten()],
                       variance=variance, grad_norm=grad_norm, prompts=len(entries), branches=branches)

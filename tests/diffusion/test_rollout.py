@@ -186,3 +186,37 @@ def test_channels_last_unet_samples_and_trains_the_same_policy(which, request):
         lp.sum().backward()
         grads.append(g.unet.down_blocks[0].resnets[0].conv1.weight.grad.contiguous())
     torch.testing.assert_close(grads[1], grads[0], atol=1e-3, rtol=1e-3)
+
+
+def test_first_rollouts_on_two_threads_share_the_scheduler_safely(gen, monkeypatch):
+    """Rollout and evaluation batches of one generator run side by side (map_batches). diffusers' set_timesteps
+    sets the step count before the timesteps; a thread arriving in between must wait, not read the untouched
+    1000-step schedule (whose t = 0 step has no log-density: a training run once stopped on exactly that)."""
+    import threading
+    import time
+
+    from cxrl.machine import map_batches
+
+    original = type(gen.scheduler).set_timesteps
+    entered = threading.Event()
+
+    def slow_set_timesteps(self, num_steps, device=None):
+        self.num_inference_steps = num_steps   # what diffusers does first ...
+        entered.set()
+        time.sleep(0.3)                        # ... a window for the other thread ...
+        original(self, num_steps, device=device)   # ... before the timesteps follow
+
+    monkeypatch.setattr(type(gen.scheduler), "set_timesteps", slow_set_timesteps)
+    assert gen.scheduler.num_inference_steps != STEPS   # untouched: the first rollout sets it
+    embeds = gen.encode_prompts(PROMPTS[:2])
+
+    def job(k):
+        if k == 1:
+            entered.wait(5)   # start while the first thread is inside set_timesteps
+        return rollout(gen, embeds[k:k + 1], num_steps=STEPS, guidance_scale=3.0, generator=20 + k)
+
+    side_by_side = map_batches(job, [0, 1], workers=2)
+    monkeypatch.setattr(type(gen.scheduler), "set_timesteps", original)
+    for k, out in enumerate(side_by_side):
+        alone = rollout(gen, embeds[k:k + 1], num_steps=STEPS, guidance_scale=3.0, generator=20 + k)
+        assert torch.equal(out.latents_final, alone.latents_final) and torch.equal(out.log_probs, alone.log_probs)

@@ -47,14 +47,6 @@ def test_ablation_config_changes_only_its_keys(name):
     assert changed == ABLATIONS[name] | {"log.output_dir"}
 
 
-def test_fast_demo_changes_only_epochs_trained_steps_and_outputs():
-    demo = _flat(to_dict(load_config("packaged:demo.yaml")))
-    fast = _flat(to_dict(load_config(REPO / "configs" / "fast_demo.yaml")))
-    assert {k for k in demo if demo[k] != fast[k]} == {"train.epochs", "train.timestep_fraction", "log.output_dir",
-                                                        "log.sample_every"}
-    assert (fast["train.epochs"], fast["train.timestep_fraction"]) == (16, 0.375)
-
-
 def test_single_reward_ablations_keep_one_reward():
     for kind in ("posture", "diagnostic", "consistency"):
         cfg = load_config(REPO / "configs" / "ablations" / f"{kind}_only.yaml")
