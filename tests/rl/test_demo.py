@@ -47,6 +47,21 @@ def test_ablation_config_changes_only_its_keys(name):
     assert changed == ABLATIONS[name] | {"log.output_dir"}
 
 
+def test_fast_demo_changes_only_the_session_8_keys():
+    """configs/fast_demo.yaml is the demo with the changes its seed table was measured with (docs/demo.md, "Session 8")
+    and nothing else: the evaluation and every other training setting are the demo's."""
+    demo = _flat(to_dict(load_config("packaged:demo.yaml")))
+    fast = _flat(to_dict(load_config(REPO / "configs" / "fast_demo.yaml")))
+    assert {k for k in demo if demo[k] != fast[k]} == {
+        "sampling.group_size", "rewards.components", "train.epochs", "train.timestep_fraction", "train.clip_range",
+        "train.advantage", "log.output_dir", "log.sample_every"}
+    assert (fast["train.epochs"], fast["train.advantage"], fast["sampling.group_size"]) == (16, "group_batch", 8)
+    by_name = {e["name"]: e for e in fast["rewards.components"]}
+    assert by_name["posture"] == next(e for e in demo["rewards.components"] if e["name"] == "posture")
+    assert len(by_name["consistency"]["path"]) == 3   # the consistency ensemble
+    assert not any(k.startswith("eval.") for k in demo if demo[k] != fast[k])
+
+
 def test_single_reward_ablations_keep_one_reward():
     for kind in ("posture", "diagnostic", "consistency"):
         cfg = load_config(REPO / "configs" / "ablations" / f"{kind}_only.yaml")
