@@ -12,12 +12,13 @@ docs/demo.md ("Session 7") quotes it.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.harness import write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,11 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, default=0, help="0 = all 246")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bootstrap.json"))
     args = ap.parse_args(argv)
-    record = run(args.resamples, args.prompts)
-    text = json.dumps(record, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    write_record(run(args.resamples, args.prompts), args.out)
     return 0
 
 

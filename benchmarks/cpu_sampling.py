@@ -10,12 +10,13 @@ benchmarks/results/cpu_sampling.json (``--out`` elsewhere); docs/demo.md ("Speed
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.harness import write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 UNET_DIR = ROOT / "cxrl" / "assets" / "base" / "unet"
@@ -76,11 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cpu_sampling.json"))
     args = ap.parse_args(argv)
-    record = run(args.threads, args.reps)
-    text = json.dumps(record, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    write_record(run(args.threads, args.reps), args.out)
     return 0
 
 

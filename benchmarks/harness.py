@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import json
 import os
 import platform
 import statistics
@@ -225,3 +226,13 @@ def device_for_size(size: str) -> str:
             raise RuntimeError("size='gpu' needs a CUDA device; use size='cpu' here")
         return "cuda"
     return "cpu"
+
+
+def write_record(record: dict, out: str | Path | None) -> None:
+    """Print a standalone benchmark's JSON record and, unless ``out`` is empty, write it there (folders made)."""
+    text = json.dumps(record, indent=1)
+    print(text)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")

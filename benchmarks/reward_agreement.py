@@ -13,10 +13,11 @@ docs/rewards.md ("Ensembles") quotes it.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
+
+from benchmarks.harness import write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRIES = {   # name -> the reward entry's path (a list = an ensemble, the mean of its members)
@@ -87,10 +88,7 @@ def main(argv=None) -> int:
             name = f"mean of {len(path)}" if isinstance(path, list) else path
             print(f"{kind:12s} {name:34s} within-prompt std {row['within_prompt_std']:.4f}  "
                   f"correlation with the held-out evaluator {row['correlation_with_evaluator']:+.3f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"images": f"{n_prompts} test prompts x {per_prompt} base samples", "rows": rows},
-                              indent=2) + "\n")
+    write_record({"images": f"{n_prompts} test prompts x {per_prompt} base samples", "rows": rows}, args.out)
     return 0
 
 
