@@ -27,9 +27,10 @@ def held_out_counterparts(cfg: Config) -> tuple[dict[str, str], list[str]]:
     return kinds, without
 
 
-def build_monitor(cfg: Config, gen, device, autocast_dtype) -> ProbeMonitor | None:
+def build_monitor(cfg: Config, gen, device, autocast_dtype, suite=None) -> ProbeMonitor | None:
     """The monitor of ``monitor.*``, or None: when ``monitor.every`` is 0, or (said once, with the reason) when no
-    reward has a held-out evaluator to watch it with."""
+    reward has a held-out evaluator to watch it with. ``suite``: the run's :class:`~cxrl.rewards.suite.RewardSuite`,
+    whose models also score the probe images (raw scores, beside their held-out evaluators)."""
     m = cfg.monitor
     if not m.every:
         return None
@@ -45,5 +46,10 @@ def build_monitor(cfg: Config, gen, device, autocast_dtype) -> ProbeMonitor | No
     dataset = open_dataset(cfg.eval.source, m.split, path=cfg.data.path if cfg.eval.source != "phantom" else "",
                            reports_path=cfg.data.reports_path, resolution=gen.resolution[0])
     items = held_out_items(dataset, m.num_prompts, m.seed)
+    scorer = None
+    if suite is not None:
+        def scorer(images, prompts, metadata):
+            return {name: suite.models[name](images, prompts, metadata) for name in kinds if name in suite.models}
     return ProbeMonitor(probe_set(items, m.samples_per_prompt, gen.latent_shape, m.seed), evaluators, kinds,
-                        cfg.sampling, m.every, cfg.eval.batch_size, autocast_dtype, workers=cfg.train.rollout_workers)
+                        cfg.sampling, m.every, cfg.eval.batch_size, autocast_dtype, workers=cfg.train.rollout_workers,
+                        reward_scorer=scorer)

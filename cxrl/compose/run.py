@@ -50,14 +50,15 @@ def build_trainer(cfg: Config, pool: PromptPool | None = None, dist: DistContext
     t = cfg.train
     precision = autocast_dtype(t.mixed_precision, dist.device)
     updater = PPOUpdater(policy.params, optimizer, t, precision, dist=dist,
-                         ema=EMA(policy.params, t.ema_decay) if t.ema_decay > 0 else None)
+                         ema=EMA(policy.params, t.ema_decay) if t.ema_decay > 0 else None,
+                         samples_per_rank=cfg.sampling.samples_per_epoch // dist.world_size)
     tracker = AdvantageTracker(mode=t.advantage, window=t.advantage_window, min_count=t.advantage_min_count,
                                group_size=cfg.sampling.group_size if t.advantage in GROUP_ADVANTAGES else None, clip=t.adv_clip)
     unet_lock = threading.RLock()
     anchor = FrozenAnchor(policy, cfg.sampling, dist.device, precision, unet_lock)
     suite = build_reward_suite(cfg.rewards, cfg.sampling, dist.device, anchor_sampler=anchor.images, anchor_hash=anchor_hash,
                                latent_shape=gen.latent_shape, seed=cfg.rewards.seed_bank_seed, cache_path=anchor_cache_path(cfg, out, dist))
-    monitor = build_monitor(cfg, gen, dist.device, precision) if dist.is_main else None
+    monitor = build_monitor(cfg, gen, dist.device, precision, suite) if dist.is_main else None
     parts = TrainerParts(policy=policy, optimizer=optimizer, updater=updater, tracker=tracker, suite=suite, anchor=anchor,
                          pool=pool, logger=logger, unet_lock=unet_lock, monitor=monitor)
     return Trainer(cfg, parts, dist, out)

@@ -81,6 +81,9 @@ class TrainConfig:
     adam_beta2: float = opt(0.999, "AdamW beta2", lo=0.0, hi=1.0)
     adam_eps: float = opt(1e-8, "AdamW epsilon", lo=0.0, lo_open=True)
     warmup_steps: int = opt(0, "optimizer steps of linear learning-rate warm-up", lo=0)
+    lr_schedule: str = opt("constant", "after warm-up: 'constant', or 'cosine' decay to 0 at the last optimizer step "
+                           "of train.epochs (a resume with more epochs stretches the rest of the curve)",
+                           choices=["constant", "cosine"])
     max_grad_norm: float = opt(1.0, "clip the global gradient norm to this; 0 disables clipping", lo=0.0)
     batch_size: int = opt(2, "samples per training minibatch on one rank", lo=1)
     gradient_accumulation: int = opt(1, "sample minibatches accumulated per optimizer step (each already spans its trained timesteps)", lo=1)

@@ -133,7 +133,8 @@ def moving_average(values: list[float], window: int) -> list[float]:
 def plot_reward_curves(metrics_path: str | Path, out_png: str | Path, smoothing: int = 5) -> Path:
     """One panel per reward component (``reward/<name>/mean``) and the combined reward against epochs trained: the
     raw per-epoch means faintly, their ``smoothing``-epoch moving average on top, and — where the reward-hacking
-    monitor ran — the held-out probe of that reward on a second axis (``probe/<name>``)."""
+    monitor ran — the reward model's score of the probe images on the same axis (``probe/<name>/reward``) and the
+    held-out evaluator's score of them on a second axis (``probe/<name>``)."""
     records = read_metrics(metrics_path)
     keys = sorted({k for r in records for k in r if k.startswith("reward/") and k.endswith("/mean")})
     if not keys:
@@ -148,6 +149,10 @@ def plot_reward_curves(metrics_path: str | Path, out_png: str | Path, smoothing:
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         ax.plot(xs, ys, color="tab:blue", alpha=0.3, marker=".", linewidth=0.8, label="per epoch")
         ax.plot(xs, moving_average(ys, smoothing), color="tab:blue", linewidth=2, label=f"{smoothing}-epoch mean")
+        on_probe = [(r["probe/epochs_trained"], r[f"probe/{name}/reward"]) for r in records if f"probe/{name}/reward" in r]
+        if on_probe:
+            ax.plot([p[0] for p in on_probe], [p[1] for p in on_probe], color="tab:blue", linestyle="--", marker="s",
+                    label="reward model, probe")
         probe = [(r["probe/epochs_trained"], r[f"probe/{name}"]) for r in records if f"probe/{name}" in r]
         if probe:
             twin = ax.twinx()

@@ -9,11 +9,17 @@ metrics.jsonl and TensorBoard, plotted beside the training curve in reward_curve
 and noises are fixed, two probes are paired sample by sample, so a change between them has a standard
 error; when a training reward rose over the epochs between two probes while its probe fell by more than two
 standard errors, the log warns.
+
+The same probe images are also scored by the training reward models themselves (``probe/<reward>/reward``): the
+reward the policy climbs and its held-out counterpart on identical, paired samples. A rise of the one beyond two
+standard errors while the other falls beyond two is the plainest sign of reward hacking, free of the prompt-to-prompt
+noise of the training batches' means (each epoch draws other prompts).
 """
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -42,7 +48,9 @@ class ProbeSet:
 
 @dataclass
 class ProbeMonitor:
-    """``kinds``: {reward name: evaluator kind} for the rewards with a held-out counterpart."""
+    """``kinds``: {reward name: evaluator kind} for the rewards with a held-out counterpart; ``reward_scorer``:
+    ``(images, prompts, metadata) -> {reward name: per-sample score}`` of the training reward models (None: only the
+    held-out evaluators score the probe)."""
 
     probe: ProbeSet
     evaluators: Evaluators
@@ -54,13 +62,15 @@ class ProbeMonitor:
     workers: int = 0                           # probe batches sampled at a time on the CPU (cxrl.machine.map_batches)
     last: dict = field(default_factory=dict)   # {"epochs": n, "scores": {reward: [per-sample scores]}}
     train_means: dict = field(default_factory=dict)   # {reward: [training reward mean per epoch since the last probe]}
+    reward_scorer: Callable | None = None
 
     def due(self, epochs_trained: int) -> bool:
         return epochs_trained == 0 and not self.last or (epochs_trained > 0 and epochs_trained % self.every == 0)
 
     @torch.no_grad()
     def measure(self, gen, ace) -> dict[str, torch.Tensor]:
-        """Per-sample held-out scores ``{reward: [P * S] float64}`` of the policy (``gen`` + ``ace``) on the probe."""
+        """Per-sample scores ``{series: [P * S] float64}`` of the policy (``gen`` + ``ace``) on the probe: ``<reward>``
+        by its held-out evaluator and, with a ``reward_scorer``, ``<reward>/reward`` by the training reward model."""
         p = self.probe
 
         def sample_batch(begin: int) -> torch.Tensor:   # its noise depends on ``begin`` alone
@@ -75,8 +85,12 @@ class ProbeMonitor:
         images = torch.cat(map_batches(sample_batch, range(0, len(p.prompts), self.batch_size), self.workers,
                                        gen.device.type))
         metadata = [{"labels": p.labels[i]} for i in range(len(p.prompts))]
-        return {name: batched_scores(getattr(self.evaluators, kind), images, p.prompts, metadata, self.batch_size)
-                for name, kind in self.kinds.items()}
+        scores = {name: batched_scores(getattr(self.evaluators, kind), images, p.prompts, metadata, self.batch_size)
+                  for name, kind in self.kinds.items()}
+        if self.reward_scorer is not None:
+            trained = self.reward_scorer(images, p.prompts, metadata)
+            scores.update({f"{name}/reward": trained[name].double().cpu() for name in self.kinds if name in trained})
+        return scores
 
     def record_training(self, metrics: dict) -> None:
         for name in self.kinds:
@@ -91,25 +105,41 @@ class ProbeMonitor:
             return {}
         scores = self.measure(gen, ace)
         out = {"probe/epochs_trained": epochs_trained}
-        for name, values in scores.items():
-            out[f"probe/{name}"] = float(values.mean())
-            previous = self.last.get("scores", {}).get(name)
+        changes = {}
+        for series, values in scores.items():
+            out[f"probe/{series}"] = float(values.mean())
+            previous = self.last.get("scores", {}).get(series)
             if previous is None:
                 continue
             diff = values - torch.tensor(previous, dtype=torch.float64)
-            change, stderr = float(diff.mean()), float(diff.std() / math.sqrt(diff.numel()))
-            out[f"probe/{name}/change"], out[f"probe/{name}/change_stderr"] = change, stderr
-            trained = self.train_means.get(name, [])
-            rise = _trend(trained)
-            if rise is not None and rise > 0 and change < -Z_WARN * stderr:
-                out[f"probe/{name}/diverging"] = 1
-                log.warning("reward '%s' rose over epochs %d-%d (training mean %+.4g per epoch) while its held-out "
-                            "probe fell by %.4g (%.1f standard errors, %d paired samples): the policy may be pleasing "
-                            "the reward model rather than getting better", name, self.last["epochs"], epochs_trained - 1,
-                            rise, -change, -change / max(stderr, 1e-12), diff.numel())
+            changes[series] = (float(diff.mean()), float(diff.std() / math.sqrt(diff.numel())))
+            out[f"probe/{series}/change"], out[f"probe/{series}/change_stderr"] = changes[series]
+        for name in self.kinds:
+            if name in changes and changes[name][0] < -Z_WARN * changes[name][1]:
+                self._warn_if_diverging(name, changes, scores[name].numel(), epochs_trained, out)
         self.last = {"epochs": epochs_trained, "scores": {k: v.tolist() for k, v in scores.items()}}
         self.train_means = {}
         return out
+
+    def _warn_if_diverging(self, name: str, changes: dict, samples: int, epochs_trained: int, out: dict) -> None:
+        """Held-out probe of ``name`` fell beyond its noise: warn when its reward rose meanwhile — the training
+        batches' means (a trend over the epochs) or the reward model on the same probe images (a paired change)."""
+        change, stderr = changes[name]
+        since = self.last["epochs"]
+        rise = _trend(self.train_means.get(name, []))
+        if rise is not None and rise > 0:
+            out[f"probe/{name}/diverging"] = 1
+            log.warning("reward '%s' rose over epochs %d-%d (training mean %+.4g per epoch) while its held-out "
+                        "probe fell by %.4g (%.1f standard errors, %d paired samples): the policy may be pleasing "
+                        "the reward model rather than getting better", name, since, epochs_trained - 1,
+                        rise, -change, -change / max(stderr, 1e-12), samples)
+        reward_change, reward_stderr = changes.get(f"{name}/reward", (0.0, 0.0))
+        if reward_change > Z_WARN * reward_stderr:
+            out[f"probe/{name}/diverging"] = 1
+            log.warning("on the same %d probe images, reward model '%s' rose by %.4g (%.1f standard errors) since the "
+                        "probe after %d epochs while its held-out evaluator fell by %.4g (%.1f standard errors): the policy is "
+                        "pleasing the reward model, not getting better", samples, name, reward_change,
+                        reward_change / max(reward_stderr, 1e-12), since, -change, -change / max(stderr, 1e-12))
 
     def state_dict(self) -> dict:
         return {"last": self.last, "train_means": self.train_means}

@@ -30,11 +30,29 @@ class NonFiniteAbort(RuntimeError):
     """Too many consecutive updates with a non-finite loss or gradient."""
 
 
-def lr_schedule(warmup_steps: int) -> Callable[[int], float]:
-    """Multiplier of the base learning rate at optimizer step ``step``: linear warm-up, then constant."""
+def lr_schedule(warmup_steps: int, kind: str = "constant", total_steps: int = 0) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at optimizer step ``step``: linear warm-up over ``warmup_steps``, then
+    constant, or (``kind="cosine"``) a cosine decay that reaches 0 at ``total_steps`` and stays there."""
+    if kind not in ("constant", "cosine"):
+        raise ValueError(f"learning-rate schedule {kind!r}: choose 'constant' or 'cosine'")
+    if kind == "cosine" and total_steps <= 0:
+        raise ValueError(f"a cosine learning-rate schedule needs the run's optimizer steps (got {total_steps})")
+
     def factor(step: int) -> float:
-        return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
     return factor
+
+
+def optimizer_steps_per_epoch(settings: TrainConfig, samples_per_rank: int) -> int:
+    """Optimizer steps one epoch's update takes (none skipped): each inner epoch steps once per
+    ``gradient_accumulation`` sample minibatches of ``batch_size``."""
+    sample_batches = math.ceil(samples_per_rank / settings.batch_size)
+    return settings.inner_epochs * math.ceil(sample_batches / settings.gradient_accumulation)
 
 
 @dataclass
@@ -94,16 +112,23 @@ class PPOUpdater:
     """Owns the optimizer-step logic and the non-finite streak across epochs. ``settings``: the ``train``
     section (batch size, trained-timestep fraction, accumulation, inner epochs, clipping, KL weight, ...);
     ``autocast_dtype``: the run's precision (:mod:`cxrl.rl.precision`); ``lr_at``: the learning-rate factor
-    per optimizer step (default: ``settings.warmup_steps`` of linear warm-up)."""
+    per optimizer step (default: ``settings.warmup_steps`` of linear warm-up, then ``settings.lr_schedule`` over
+    ``settings.epochs`` epochs of ``samples_per_rank`` samples each)."""
 
     def __init__(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, settings: TrainConfig,
                  autocast_dtype: torch.dtype | None = None, lr_at: Callable[[int], float] | None = None, dist=None,
-                 ema: EMA | None = None):
+                 ema: EMA | None = None, samples_per_rank: int | None = None):
         self.params = params
         self.optimizer = optimizer
         self.settings = settings
         self.autocast_dtype = autocast_dtype
-        self.lr_at = lr_at or lr_schedule(settings.warmup_steps)
+        if lr_at is None:
+            if settings.lr_schedule == "cosine" and samples_per_rank is None:
+                raise ValueError("train.lr_schedule=cosine: PPOUpdater needs samples_per_rank (the samples each epoch's "
+                                 "update sees on this rank) to know where the run ends")
+            total = settings.epochs * optimizer_steps_per_epoch(settings, samples_per_rank or 1)
+            lr_at = lr_schedule(settings.warmup_steps, settings.lr_schedule, total)
+        self.lr_at = lr_at
         self.dist = dist
         self.ema = ema
         self.global_step = 0        # optimizer steps taken (drives the LR schedule)

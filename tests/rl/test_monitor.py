@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from rl_run_helpers import tiny_overrides
+
 from cxrl.compose import build_trainer
 from cxrl.config import Config, apply_overrides
 from cxrl.eval.evaluators import Evaluators
@@ -28,7 +28,9 @@ class ScriptedMonitor(ProbeMonitor):
         self.script = list(script)
 
     def measure(self, gen, ace):
-        return {"consistency": torch.tensor(self.script.pop(0), dtype=torch.float64)}
+        step = self.script.pop(0)
+        series = step if isinstance(step, dict) else {"consistency": step}
+        return {name: torch.tensor(values, dtype=torch.float64) for name, values in series.items()}
 
 
 def test_probe_changes_are_paired_and_a_rise_against_a_fall_warns(caplog):
@@ -84,6 +86,31 @@ def _posture_run(gen_dir, out, every):
     return read_metrics(out / "metrics.jsonl")
 
 
+def test_reward_model_rising_on_the_same_probe_images_while_the_evaluator_falls_warns(caplog):
+    """No training-batch trend at all: the paired change of the reward model's own score of the probe images is
+    what shows the divergence; a reward model that stays put (or a held-out fall within the noise) does not warn."""
+    caplog.set_level(logging.WARNING, logger="cxrl")
+    held_out = [0.50, 0.40, 0.30, 0.60, 0.55, 0.45]
+    fallen = [v - 0.05 + 0.001 * i for i, v in enumerate(held_out)]
+    reward = [0.2, 0.1, 0.3, 0.2, 0.4, 0.3]
+    risen = [v + 0.08 + 0.002 * i for i, v in enumerate(reward)]
+    monitor = ScriptedMonitor([{"consistency": held_out, "consistency/reward": reward},
+                               {"consistency": fallen, "consistency/reward": risen}])
+    first = monitor.step(0, None, None)
+    assert first["probe/consistency/reward"] == pytest.approx(sum(reward) / 6)
+    second = monitor.step(2, None, None)
+    rise = torch.tensor(risen, dtype=torch.float64) - torch.tensor(reward, dtype=torch.float64)
+    assert second["probe/consistency/reward/change"] == pytest.approx(float(rise.mean()))
+    assert second["probe/consistency/reward/change_stderr"] == pytest.approx(float(rise.std() / math.sqrt(6)))
+    assert second["probe/consistency/diverging"] == 1
+    assert "on the same 6 probe images, reward model 'consistency' rose by 0.085" in caplog.text
+    caplog.clear()
+    flat = ScriptedMonitor([{"consistency": held_out, "consistency/reward": reward},
+                            {"consistency": fallen, "consistency/reward": reward}])
+    flat.step(0, None, None)
+    assert "probe/consistency/diverging" not in flat.step(2, None, None) and not caplog.records
+
+
 def test_probes_run_beside_training_and_change_nothing_in_it(tiny_pixel_dir, tmp_path):
     watched = _posture_run(tiny_pixel_dir, tmp_path / "on", every=1)
     plain = _posture_run(tiny_pixel_dir, tmp_path / "off", every=0)
@@ -91,8 +118,10 @@ def test_probes_run_beside_training_and_change_nothing_in_it(tiny_pixel_dir, tmp
     epochs = [r for r in watched if "probe/epochs_trained" not in r]
     assert [p["probe/epochs_trained"] for p in probes] == [0, 1, 2] and [p["epoch"] for p in probes] == [-1, 0, 1]
     assert all(p["probe/posture"] < 0 for p in probes)            # r_align of the held-out evaluator: <= 0
+    assert all(p["probe/posture/reward"] < 0 for p in probes)     # and of the reward model, on the same images
+    assert "probe/posture/reward/change" in probes[1] and "probe/bright/reward" not in probes[1]
     assert "probe/posture/change" in probes[1] and "probe/bright" not in probes[1]   # custom reward: no counterpart
-    drop = lambda r: {k: v for k, v in r.items() if not k.startswith("throughput/")}   # noqa: E731 (timings differ)
+    drop = lambda r: {k: v for k, v in r.items() if not k.startswith("throughput/")}
     assert [drop(r) for r in epochs] == [drop(r) for r in plain]   # the probes change no training number
     assert (tmp_path / "on" / "reward_curves.png").stat().st_size > 0
     png = plot_reward_curves(tmp_path / "on" / "metrics.jsonl", tmp_path / "curves.png", smoothing=2)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cxrl.config import Config, apply_overrides
-from cxrl.rl.update import PPOUpdater
+from cxrl.rl.update import PPOUpdater, lr_schedule, optimizer_steps_per_epoch
 from cxrl.trajectory import TrajectoryStore, num_trained_steps
 
 
@@ -52,6 +52,7 @@ def test_optimizer_steps_group_exactly_the_planned_minibatches(num_steps, fracti
     assert trained <= math.ceil(num_steps * fraction)
     assert result.minibatches == 2 * sample_batches * trained == len(calls)
     assert result.optimizer_steps == 2 * math.ceil(sample_batches / accumulation)
+    assert result.optimizer_steps == optimizer_steps_per_epoch(cfg, samples)   # what the cosine schedule counts on
     # every optimizer step holds `accumulation` sample batches x `trained` timesteps (the last group may be short)
     expected = []
     for _ in range(2):
@@ -102,3 +103,54 @@ def test_normalized_combination_divides_each_component_by_its_std():
     # scaling a component by any factor changes nothing: the weights alone set how much each reward counts
     rescaled = torch.nan_to_num(components) * torch.tensor([1000.0, 0.01])
     torch.testing.assert_close(normalized_combination(rescaled, weights, valid), got, rtol=1e-4, atol=1e-4)
+
+
+def test_constant_schedule_is_the_linear_warmup_then_one():
+    factor = lr_schedule(4)
+    assert [factor(k) for k in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert lr_schedule(0)(0) == 1.0
+
+
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_cosine_schedule_decays_from_one_to_zero_at_the_last_step(warmup):
+    total = 20
+    factor = lr_schedule(warmup, "cosine", total)
+    values = [factor(k) for k in range(total + 5)]
+    assert values[:warmup] == [(k + 1) / warmup for k in range(warmup)]
+    assert values[warmup] == 1.0
+    assert values[warmup + (total - warmup) // 2] == pytest.approx(0.5 * (1 + math.cos(math.pi * ((total - warmup) // 2)
+                                                                                         / (total - warmup))))
+    assert all(a >= b for a, b in zip(values[warmup:], values[warmup + 1:]))   # never rises after the warm-up
+    assert values[total:] == [0.0] * 5                                          # 0 from the last step on
+
+
+def test_cosine_schedule_needs_the_run_length():
+    with pytest.raises(ValueError, match="optimizer steps"):
+        lr_schedule(0, "cosine", 0)
+    with pytest.raises(ValueError, match="'constant' or 'cosine'"):
+        lr_schedule(0, "linear", 10)
+    cfg = apply_overrides(Config(), ["train.lr_schedule=cosine"]).train
+    weight = torch.nn.Parameter(torch.zeros(()))
+    with pytest.raises(ValueError, match="samples_per_rank"):
+        PPOUpdater([weight], torch.optim.SGD([weight], lr=0.1), cfg)
+
+
+def test_cosine_schedule_sets_each_optimizer_steps_learning_rate():
+    """Two epochs of 3 optimizer steps: the learning rates the optimizer used follow the cosine over all six."""
+    cfg = apply_overrides(Config(), ["train.batch_size=2", "train.epochs=2", "train.lr_schedule=cosine",
+                                     "train.clip_range=0.2"]).train
+    weight = torch.nn.Parameter(torch.zeros(()))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    updater = PPOUpdater([weight], optimizer, cfg, samples_per_rank=6)
+    used = []
+    original = optimizer.step
+
+    def recording_step(*args, **kwargs):
+        used.append(optimizer.param_groups[0]["lr"])
+        return original(*args, **kwargs)
+
+    optimizer.step = recording_step
+    for epoch in range(2):
+        updater.run(_store(6, 4), lambda mb: (weight * mb.advantages.float() + mb.log_probs, None), plan_seed=epoch,
+                    describe=lambda idx: [])
+    assert used == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)])
