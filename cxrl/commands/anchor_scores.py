@@ -34,7 +34,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    cfg = load_config(args.config, list(args.overrides) + ["eval.enabled=false", "monitor.every=0"])
+    cfg = load_config(args.config, list(args.overrides) + ["eval.enabled=false", "monitor.every=0",
+                                                          "train.final_policy=last"])
     if cfg.rewards.feedback != "comparative":
         raise ValueError("rewards.feedback is 'direct' (the demo's since issue 15): there is no anchor to score; "
                          "add rewards.feedback=comparative to score the anchor of the RLCF variant")

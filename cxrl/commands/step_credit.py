@@ -52,7 +52,8 @@ def run(args) -> int:
         raise ValueError("--prompts and --gradient-prompts must be >= 1")
     if not 0 < args.threshold < 1:
         raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}")
-    cfg = load_config(args.config, list(args.overrides) + ["eval.enabled=false", "monitor.every=0"])
+    cfg = load_config(args.config, list(args.overrides) + ["eval.enabled=false", "monitor.every=0",
+                                                          "train.final_policy=last"])
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
     start = time.perf_counter()

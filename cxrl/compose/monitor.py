@@ -48,8 +48,11 @@ def build_monitor(cfg: Config, gen, device, autocast_dtype, suite=None) -> Probe
     items = held_out_items(dataset, m.num_prompts, m.seed)
     scorer = None
     if suite is not None:
-        def scorer(images, prompts, metadata):
-            return {name: suite.models[name](images, prompts, metadata) for name in kinds if name in suite.models}
+        def scorer(images, prompts, metadata):   # raw scores s_k and their weighted sum (what train.final_policy ranks)
+            raw = suite.score_images(images, list(prompts), list(metadata))
+            scores = {name: raw[:, k] for k, name in enumerate(suite.names) if name in kinds}
+            scores["combined"] = (raw * suite.weights.to(raw)).sum(dim=1)
+            return scores
     return ProbeMonitor(probe_set(items, m.samples_per_prompt, gen.latent_shape, m.seed), evaluators, kinds,
                         cfg.sampling, m.every, cfg.eval.batch_size, autocast_dtype, workers=cfg.train.rollout_workers,
                         reward_scorer=scorer)

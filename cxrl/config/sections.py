@@ -108,6 +108,11 @@ class TrainConfig:
     advantage_min_count: int = opt(16, "per_prompt: below this many rewards a prompt uses the batch statistics", lo=1)
     kl_beta: float = opt(0.0, "weight of the KL penalty to the anchor, beta*|mu_theta - mu_anchor|^2/(2 sigma_t^2); 0 disables", lo=0.0)
     ema_decay: float = opt(0.0, "EMA of the trained weights (0 disables; e.g. 0.999)", lo=0.0, hi=1.0)
+    final_policy: str = opt("last", "the policy a run ends with (saved to final/, evaluated): 'last', or 'best_probe': "
+                            "of the monitor's probes after an update, the one whose validation images score highest "
+                            "under the training rewards (never the held-out evaluators), when it beats the last by > 2 "
+                            "paired standard errors (cxrl/rl/selection.py); without monitor probes, the last",
+                            choices=["last", "best_probe"])
     mixed_precision: str = opt("auto", "'auto' = bf16 autocast on CUDA, none on CPU; 'no' or 'bf16' force it", choices=["auto", "no", "bf16"])
     deterministic: bool = opt(True, "deterministic algorithms (bitwise-reproducible resume on CPU); fresh memory is not "
                               "NaN-filled. Measured on CPU: ~0-10% slower, within noise (docs/benchmarks.md); GPU not yet measured")

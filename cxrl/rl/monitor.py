@@ -49,8 +49,8 @@ class ProbeSet:
 @dataclass
 class ProbeMonitor:
     """``kinds``: {reward name: evaluator kind} for the rewards with a held-out counterpart; ``reward_scorer``:
-    ``(images, prompts, metadata) -> {reward name: per-sample score}`` of the training reward models (None: only the
-    held-out evaluators score the probe)."""
+    ``(images, prompts, metadata) -> {reward name or "combined": per-sample score}`` of the training reward models
+    (None: only the held-out evaluators score the probe)."""
 
     probe: ProbeSet
     evaluators: Evaluators
@@ -87,9 +87,10 @@ class ProbeMonitor:
         metadata = [{"labels": p.labels[i]} for i in range(len(p.prompts))]
         scores = {name: batched_scores(getattr(self.evaluators, kind), images, p.prompts, metadata, self.batch_size)
                   for name, kind in self.kinds.items()}
-        if self.reward_scorer is not None:
+        if self.reward_scorer is not None:   # the training reward models; "combined": their weighted sum
             trained = self.reward_scorer(images, p.prompts, metadata)
-            scores.update({f"{name}/reward": trained[name].double().cpu() for name in self.kinds if name in trained})
+            scores.update({f"{name}/reward": values.double().cpu() for name, values in trained.items()
+                           if name in self.kinds or name == "combined"})
         return scores
 
     def record_training(self, metrics: dict) -> None:

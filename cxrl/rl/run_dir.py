@@ -24,7 +24,7 @@ RUN_MARKERS = (RUN_RECORD, "metrics.jsonl", "checkpoints")
 # what a run writes directly in its directory (besides the anchor cache and the evaluation folder, which are
 # configurable and added by run_files); never anything else
 RUN_WRITES = (RUN_RECORD, "config.yaml", "metrics.jsonl", "checkpoints", "warnings.log", "reward_curves.png",
-              "tensorboard", "final", "work")
+              "tensorboard", "final", "final_policy.json", "work")
 SAMPLE_GRIDS = "samples_epoch*.png"
 
 

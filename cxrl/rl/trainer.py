@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -35,6 +36,7 @@ from cxrl.rl.ppo import kl_to_anchor
 from cxrl.rl.precision import autocast
 from cxrl.rl.prompts import PromptPool, reward_metadata
 from cxrl.rl.seeding import derive_seed, torch_generator
+from cxrl.rl.selection import ProbeSelection
 from cxrl.rl.update import PPOUpdater
 from cxrl.trajectory import AdvantageTracker, TrajectoryStore
 
@@ -107,6 +109,13 @@ class Trainer:
         self.suite, self.anchor, self.pool, self.logger = parts.suite, parts.anchor, parts.pool, parts.logger
         self._unet_lock = parts.unet_lock
         self.monitor = parts.monitor if dist.is_main else None   # probes are rank 0's: no collective inside
+        self.selection = None   # train.final_policy=best_probe: the probes' best policy so far (rank 0)
+        if cfg.train.final_policy == "best_probe" and dist.is_main:
+            if self.monitor is None or self.monitor.reward_scorer is None:
+                log.warning("train.final_policy=best_probe has no probes to choose from (the monitor is off: "
+                            "monitor.every=0, or no reward has a held-out evaluator): the run ends with its last policy")
+            else:
+                self.selection = ProbeSelection()
         self._async_scorer = None
         self.epoch = 0   # the next epoch to run
         self.run_id: str | None = None   # the run this trainer continues (run.json); written into every checkpoint
@@ -281,6 +290,9 @@ class Trainer:
             with intra_op_threads(self.cfg.train.rollout_threads):
                 probe = self.monitor.step(epochs_trained, self.gen, self.policy.ace)
             self.logger.log_probe(epochs_trained, probe)
+            if probe and self.selection is not None and epochs_trained > 0:
+                combined = torch.tensor(self.monitor.last["scores"]["combined/reward"], dtype=torch.float64)
+                self.selection.observe(epochs_trained, combined, self.policy.named_trainable())
 
     def _run_epoch(self, epoch: int) -> dict:
         d = self.dist
@@ -345,6 +357,8 @@ class Trainer:
             bar.update(1)
         bar.close()
         self.close()
+        if self.selection is not None:
+            self.apply_final_policy()
         if self.dist.is_main:
             self.suite.flush()
             try:   # a picture of the metrics: never a reason to lose the trained model
@@ -353,6 +367,25 @@ class Trainer:
                 log.warning("reward curves not drawn: %s", err)
         self.logger.close()
         return history
+
+    def apply_final_policy(self) -> int:
+        """train.final_policy=best_probe: switch to the best probe's weights when they beat the last policy beyond
+        the noise (:class:`~cxrl.rl.selection.ProbeSelection`); returns the epochs the final policy was trained for.
+        The checkpoints keep the last policy, so a resume with more epochs continues from it."""
+        chosen, why = self.selection.choice()
+        epochs = self.epoch
+        if chosen is not None:
+            named = self.policy.named_trainable()
+            with torch.no_grad():
+                for k, p in named.items():
+                    p.copy_(chosen["weights"][k].to(p.device, p.dtype))
+            epochs = chosen["epochs"]
+        log.info("final policy (train.final_policy=best_probe): %s", why if chosen is None else
+                 f"the policy after {epochs} of {self.epoch} epochs — {why}")
+        record = {"epochs_trained": epochs, "epochs_run": self.epoch, "selected_earlier_probe": chosen is not None,
+                  "why": why}
+        (self.out / "final_policy.json").write_text(json.dumps(record, indent=1) + "\n")
+        return epochs
 
     # -- checkpoint -------------------------------------------------------------------------------
 

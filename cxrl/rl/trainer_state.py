@@ -8,7 +8,8 @@ from cxrl.rl.seeding import capture_rng_state, restore_rng_state
 
 
 def state_groups(tr) -> dict:
-    """The trainer's state by group: trained weights, optimizer, RNGs, advantage tracker, updater, EMA, monitor."""
+    """The trainer's state by group: trained weights, optimizer, RNGs, advantage tracker, updater, EMA, monitor,
+    final-policy selection."""
     rng_tensors, rng_json = capture_rng_state()
     weights = {k: v.detach() for k, v in tr.policy.named_trainable().items()}
     cache = tr.suite.cache
@@ -21,6 +22,8 @@ def state_groups(tr) -> dict:
         groups["ema"] = tr.updater.ema.state_dict()
     if tr.monitor is not None:
         groups["monitor"] = tr.monitor.state_dict()
+    if tr.selection is not None:
+        groups["selection"] = tr.selection.state_dict()
     return groups
 
 
@@ -49,5 +52,7 @@ def load_state_groups(tr, groups: dict) -> None:
         tr.updater.ema.load_state_dict(groups["ema"])
     if tr.monitor is not None and "monitor" in groups:
         tr.monitor.load_state_dict(groups["monitor"])
+    if tr.selection is not None and "selection" in groups:
+        tr.selection.load_state_dict(groups["selection"])
     restore_rng_state(groups["rng"], run["rng"])
     tr.epoch = int(run["epoch"])

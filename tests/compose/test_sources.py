@@ -33,7 +33,8 @@ def test_prompt_entries_match_the_items_without_reading_images():
     for index in (0, 5, len(dataset) - 1):
         entry, item = dataset.prompt_entry(index), dataset[index]
         assert entry["prompt"] == item["prompt"] and torch.equal(entry["labels"].nan_to_num(9), item["labels"].nan_to_num(9))
-    pool = prompt_pool(load_config(None, ["data.split=validate", "eval.split=test", "monitor.every=0"]).data)
+    pool = prompt_pool(load_config(None, ["data.split=validate", "eval.split=test", "monitor.every=0",
+                                          "train.final_policy=last"]).data)
     assert len(pool) == len({dataset.prompt_entry(i)["prompt"] for i in range(len(dataset))})
 
 
