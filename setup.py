@@ -1,6 +1,6 @@
 """Build script: setuptools + CMake/ninja/pybind11 for the C++ trajectory store (``cxrl._C``).
 
-``kernels/`` (top level in the repository) is installed as ``cxrl.kernels``.
+``benchmarks/`` (top level in the repository) is installed as ``cxrl.benchmarks``.
 ``CXRL_BUILD_EXT=0`` skips the extension for a pure-Python install; ``cxrl.backend_report()`` then
 says the C++ store is inactive and why. Any other build failure fails the install with a message that
 says what is missing.
@@ -86,12 +86,14 @@ def _ninja_from_wheel():
         return None
 
 
-# kernels/ and benchmarks/ live at the top of the repository and install as cxrl.kernels / cxrl.benchmarks
-packages = find_packages(include=["cxrl", "cxrl.*"]) + ["cxrl.kernels", "cxrl.benchmarks"]
+# benchmarks/ lives at the top of the repository and installs as cxrl.benchmarks. The Triton kernels live inside
+# the package (cxrl/kernels/): a top-level kernels/ shadowed Hugging Face's `kernels` (a dependency of transformers
+# >= 5.x) for anything run from the repository root, and `import transformers` then failed.
+packages = find_packages(include=["cxrl", "cxrl.*"]) + ["cxrl.benchmarks"]
 
 setup(
     packages=packages,
-    package_dir={"cxrl.kernels": "kernels", "cxrl.benchmarks": "benchmarks"},
+    package_dir={"cxrl.benchmarks": "benchmarks"},
     package_data={"cxrl": ["assets/**/*", "assets/*", "configs/*.yaml"]},
     include_package_data=True,
     ext_modules=[CMakeExtension("cxrl._C", ROOT)],

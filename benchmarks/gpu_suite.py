@@ -159,7 +159,7 @@ def probe(suite: Suite, timeout: float) -> dict:
 def setup_step(suite: Suite, timeout: float) -> dict:
     t0 = time.monotonic()
     notes = []
-    for name in ("kernels", "benchmarks"):   # the package layout of a dev checkout (setup.py's package_dir)
+    for name in ("benchmarks",):   # the package layout of a dev checkout (setup.py's package_dir)
         link = ROOT / "cxrl" / name
         if not link.exists() and not link.is_symlink():
             link.symlink_to(Path("..") / name)

@@ -16,7 +16,7 @@ import torch
 
 from cxrl.config import EvalConfig, SamplingConfig
 from cxrl.diffusion.rollout import sample_images
-from cxrl.eval.cache import EvaluationCache, evaluation_key
+from cxrl.eval.cache import EvaluationCache, evaluation_key_parts, key_of
 from cxrl.eval.evaluators import Evaluators
 from cxrl.eval.fid import extract_features
 from cxrl.eval.scoring import SampleScores, reference_images, score_samples
@@ -75,6 +75,16 @@ class ModelEvaluation:
     scores: dict[str, SampleScores]
 
 
+def _report_miss(cache: EvaluationCache, key_parts: dict, name: str) -> None:
+    """Say why a model with a cached evaluation of the same name is sampled afresh (a shipped base evaluation that
+    does not match costs the whole base sampling: the user should see which input differed)."""
+    nearest = cache.nearest_miss(key_parts, name)
+    if nearest is not None:
+        meta, differ = nearest
+        log.info("evaluation of '%s' not in the cache: the nearest entry (%s) differs in %s; sampling it", name,
+                 meta.name, ", ".join(differ))
+
+
 def evaluate_models(models: dict, items: Sequence[dict], evaluators: Evaluators, feature_extractor, e: EvalConfig,
                     s: SamplingConfig, aces: dict | None = None, cache: EvaluationCache | None = None) -> ModelEvaluation:
     """Sample and score ``models`` (``{name: Generator}``, e.g. ``{"base": anchor, "tuned": policy}``) on ``items``
@@ -99,13 +109,16 @@ def evaluate_models(models: dict, items: Sequence[dict], evaluators: Evaluators,
     out = ModelEvaluation({}, {}, {})
     shared_noise: dict[tuple, torch.Tensor] = {}
     for name, gen in models.items():
-        cache_key = evaluation_key(gen, aces.get(name), items, evaluators, feature_extractor, e, s) if cache else None
+        key_parts = evaluation_key_parts(gen, aces.get(name), items, evaluators, feature_extractor, e, s) if cache else None
+        cache_key = key_of(key_parts) if cache else None
         hit = cache.get(cache_key) if cache else None
         if hit is not None:
             log.info("evaluation of '%s' taken from the cache (key %s: same weights, evaluators, items and settings)",
                      name, cache_key)
             out.results[name], out.scores[name], out.samples[name] = hit.results, hit.scores, hit.samples
             continue
+        if cache is not None:
+            _report_miss(cache, key_parts, name)
         key = tuple(gen.latent_shape)
         if key not in shared_noise:  # one x_T set per latent shape: identical across same-shape models
             shared_noise[key] = initial_noise(key, len(prompts) * e.samples_per_prompt, e.seed)
@@ -116,5 +129,5 @@ def evaluate_models(models: dict, items: Sequence[dict], evaluators: Evaluators,
         metrics["sampling"] = sampling_record(e, s)
         out.results[name] = metrics
         if cache is not None:
-            cache.put(cache_key, metrics, out.scores[name], out.samples[name], note={"model": name})
+            cache.put(cache_key, metrics, out.scores[name], out.samples[name], note={"model": name, "key_parts": key_parts})
     return out

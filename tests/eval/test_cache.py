@@ -47,3 +47,17 @@ def test_a_cache_hit_equals_a_fresh_evaluation_and_any_change_misses(tiny_genera
     assert evaluation_key(base, None, items, evaluators, None, CFG.eval, CFG.sampling) == key
     evaluators.digests["posture"] = "retrained"                          # an evaluator retrained: a miss
     assert evaluation_key(base, None, items, evaluators, None, CFG.eval, CFG.sampling) != key
+
+
+def test_a_miss_names_what_differs_from_the_nearest_entry(tiny_generators, evaluator_root, make_items, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="cxrl")
+    base = load_generator(tiny_generators["base"])
+    evaluators = load_evaluators(evaluator_root)
+    items = make_items(2)
+    evaluate_models({"base": base}, items, evaluators, None, CFG.eval, CFG.sampling,
+                    cache=EvaluationCache([], tmp_path / "cache"))
+    assert "not in the cache" not in caplog.text                         # an empty cache has nothing to compare with
+    other = apply_overrides(CFG, ["sampling.num_steps=3"])
+    evaluate_models({"base": base}, items, evaluators, None, other.eval, other.sampling,
+                    cache=EvaluationCache([tmp_path / "cache"]))
+    assert "evaluation of 'base' not in the cache" in caplog.text and "differs in sampling; sampling it" in caplog.text
