@@ -5,11 +5,12 @@ reference images), the evaluation and sampler settings, the scoring code's versi
 CPU thread count.
 Any change gives another key, so a stale entry is never used: the model is evaluated afresh.
 
-What the key does *not* see is the last bit of floating-point rounding that differs between CPUs (AVX2 vs AVX-512
-paths in numpy's ``exp``/``sin`` and in oneDNN's convolutions): reference images are hashed to 2^-16, not bit for bit,
+What the key does *not* see is the last bit of floating-point rounding that can differ between CPUs (the SIMD paths
+of numpy's ``exp``/``sin`` and oneDNN's convolutions): reference images are hashed to 2^-16, not bit for bit,
 so the phantom renders of one item hash the same on every machine. A shipped entry made on another CPU therefore
-stands for this machine's evaluation of the same model under the same protocol; measured on an AVX2 EPYC against the
-shipped base entry (made on an AVX-512 machine), a fresh evaluation differed by < 1e-7 in every metric (docs/demo.md).
+stands for this machine's evaluation of the same model under the same protocol; measured on an AMD EPYC (AVX2) against the
+shipped base entry (made on another VM), a fresh evaluation agreed with it to the seventh decimal or
+better in every metric (docs/demo.md, "Session 10").
 Each entry records its key's parts, so a miss says which input differed from the nearest entry.
 
 The demo ships its base model's evaluation (``cxrl/assets/eval_cache``), so ``cxrl train`` samples only the

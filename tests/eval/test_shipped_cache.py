@@ -1,7 +1,7 @@
 """The base model's evaluation that ships with the package (cxrl/assets/eval_cache) is found by `cxrl train`'s own
 evaluation inputs on this machine. A miss costs a user the whole base sampling (984 CFG samples: doubling the
-evaluation), and it happened silently once: the key hashed the phantom reference images bit for bit, and numpy's
-exp/sin round their last bit differently on AVX2 and AVX-512 CPUs."""
+evaluation), and it happened silently once, on an AVX2 VM: the key hashed the phantom reference images bit for bit, and
+numpy's exp/sin may round their last bit differently on another CPU."""
 import torch
 
 from cxrl.compose import build_generator, evaluation_inputs
