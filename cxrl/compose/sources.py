@@ -69,7 +69,8 @@ def prompt_pool(data: DataConfig, tokenizer=None) -> PromptPool:
     unique = list({e["prompt"]: e for e in reversed(entries)}.values())[::-1]   # first occurrence wins
     if data.max_prompts:
         unique = unique[: data.max_prompts]
-    return PromptPool(unique, weights=[e["weight"] for e in unique] if data.weight_column else None)
+    return PromptPool(unique, weights=[e["weight"] for e in unique] if data.weight_column else None,
+                      balanced=data.draw == "balanced")
 
 
 def held_out_items(dataset, num_prompts: int, seed: int) -> list[dict]:

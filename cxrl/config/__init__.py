@@ -56,6 +56,9 @@ class Config:
             raise ValueError(f"train.advantage_min_count ({t.advantage_min_count}) must be <= train.advantage_window ({t.advantage_window})")
         if t.advantage in GROUP_ADVANTAGES and s.group_size < 2:
             raise ValueError(f"train.advantage {t.advantage!r} needs sampling.group_size >= 2 (images per prompt per epoch)")
+        if t.ema_decay >= 1.0:
+            raise ValueError(f"train.ema_decay must be < 1 (0 = no EMA; at 1 the policy would stay the generator it "
+                             f"started from), got {t.ema_decay}")
         if self.eval.enabled:
             _validate_evaluation(self.eval, self.data)
         if self.monitor.every and self.data.source in ("phantom", "iuxray") and self.monitor.split == self.data.split:

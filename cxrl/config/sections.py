@@ -107,7 +107,9 @@ class TrainConfig:
     advantage_window: int = opt(32, "per_prompt: rewards kept per prompt", lo=1)
     advantage_min_count: int = opt(16, "per_prompt: below this many rewards a prompt uses the batch statistics", lo=1)
     kl_beta: float = opt(0.0, "weight of the KL penalty to the anchor, beta*|mu_theta - mu_anchor|^2/(2 sigma_t^2); 0 disables", lo=0.0)
-    ema_decay: float = opt(0.0, "EMA of the trained weights (0 disables; e.g. 0.999)", lo=0.0, hi=1.0)
+    ema_decay: float = opt(0.0, "EMA of the trained weights, updated after every optimizer step and started at the "
+                           "generator's: the policy the monitor probes and the run ends with (final/); the trained "
+                           "weights go on training underneath. < 1; 0 disables", lo=0.0, hi=1.0)
     final_policy: str = opt("last", "the policy a run ends with (saved to final/, evaluated): 'last', or 'best_probe': "
                             "of the monitor's probes after an update, the one whose validation images score highest "
                             "under the training rewards (never the held-out evaluators), when it beats the last by > 2 "
@@ -142,6 +144,9 @@ class DataConfig:
     reports_path: str = opt("", "mimic: root of the MIMIC-CXR reports (files/pXX/...); '' writes prompts from the labels")
     split: str = opt("train", "dataset split to draw prompts from", choices=list(SPLITS), renamed=SPLIT_RENAMES)
     max_prompts: int = opt(0, "use at most this many distinct prompts (0 = all)", lo=0)
+    draw: str = opt("uniform", "how each epoch picks its prompts: 'uniform' (at random, or by weight_column), or "
+                    "'balanced': of 8 such draws, the one that keeps the run's count of each finding closest to the "
+                    "pool's share (needs labelled prompts; cxrl/rl/prompts.py)", choices=["uniform", "balanced"])
 
 
 @dataclass

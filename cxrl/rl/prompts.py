@@ -7,6 +7,17 @@ derived from ``(seed, epoch)`` — the same on every rank and after a resume —
 times (the group). Draws take distinct prompts while the pool allows (so a group is one prompt's images);
 weighted draws (``PromptPool(entries, weights)``) pick them one after the other, each in proportion to its
 weight among the prompts not yet drawn this epoch (zero weight: never drawn).
+
+Balanced draws (``PromptPool(entries, balanced=True)``, ``data.draw: balanced``): a run sees only
+``epochs * prompts_per_epoch`` prompts (the demo: 64), and a uniform draw of 64 can be far from the pool's mix of
+findings — the demo's seed 4 drew 32 Lung Opacity prompts where the pool's share is 20, 18 with no finding where it is
+26, and it was the seed whose held-out consistency fell (docs/demo.md, "Session 11": balanced draws fixed that and
+missed AUROC for other seeds, so the demo draws uniformly). Each epoch then makes
+``BALANCE_CANDIDATES`` draws in the uniform (or weighted) way from its ``(seed, epoch)`` generator and keeps the one
+that brings the run's count of each finding (label = 1) so far closest to the pool's share, counted in binomial
+standard errors so that a rare finding weighs as much as a common one. It is stratification, not selection by reward:
+it looks at the labels of the prompts only. An epoch's draw depends on the earlier epochs' draws, which are replayed
+from the seed (a resume draws the same prompts).
 """
 from __future__ import annotations
 
@@ -14,9 +25,11 @@ import numpy as np
 
 from cxrl.rl.seeding import derive_seed
 
+BALANCE_CANDIDATES = 8   # uniform draws an epoch chooses among under data.draw=balanced (1 would be the uniform draw)
+
 
 class PromptPool:
-    def __init__(self, entries: list[dict], weights=None):
+    def __init__(self, entries: list[dict], weights=None, balanced: bool = False):
         if not entries:
             raise ValueError("prompt pool is empty: the data source yielded no prompts")
         for i, e in enumerate(entries):
@@ -35,19 +48,51 @@ class PromptPool:
             if w.sum() <= 0:
                 raise ValueError("prompt weights are all zero: no prompt could ever be drawn")
             self.weights = w / w.sum()
+        self.findings = None   # [N, 14] 1 where a prompt reports the finding (balanced draws)
+        if balanced:
+            unlabelled = [i for i, e in enumerate(self.entries) if e.get("labels") is None]
+            if unlabelled:
+                raise ValueError(f"data.draw=balanced balances the findings of the prompts, but {len(unlabelled)} of "
+                                 f"{len(self.entries)} prompts have no labels (e.g. "
+                                 f"{self.entries[unlabelled[0]]['prompt'][:60]!r}); give the prompt file a labels "
+                                 "column or use data.draw=uniform")
+            self.findings = np.stack([np.asarray(e["labels"], dtype=np.float64) == 1 for e in self.entries]).astype(np.float64)
+        self._balanced_picks: dict = {}   # (seed, num_prompts) -> the picks of epochs 0, 1, ... so far
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def draw(self, num_prompts: int, group_size: int, seed: int, epoch: int) -> list[dict]:
-        """``num_prompts * group_size`` entries: distinct prompts while the pool allows, each ``group_size`` times."""
-        rng = np.random.default_rng(derive_seed(seed, epoch, 0, "prompts"))
+    def _pick(self, rng: np.random.Generator, num_prompts: int) -> np.ndarray:
         if self.weights is not None:   # each pick in proportion to the weights of the prompts not yet drawn
             replace = num_prompts > int(np.count_nonzero(self.weights))
-            idx = rng.choice(len(self.entries), size=num_prompts, replace=replace, p=self.weights)
-        else:   # (kept apart: uniform draws stay identical to runs made before weights existed)
-            replace = num_prompts > len(self.entries)
-            idx = rng.choice(len(self.entries), size=num_prompts, replace=replace)
+            return rng.choice(len(self.entries), size=num_prompts, replace=replace, p=self.weights)
+        # (kept apart: uniform draws stay identical to runs made before weights existed)
+        return rng.choice(len(self.entries), size=num_prompts, replace=num_prompts > len(self.entries))
+
+    def _balanced_pick(self, num_prompts: int, seed: int, epoch: int) -> np.ndarray:
+        """Epoch ``epoch``'s pick under balanced draws; the earlier epochs' picks are replayed once and memoised."""
+        share = self.findings.mean(axis=0) if self.weights is None else self.weights @ self.findings
+        kept = (share > 0) & (share < 1)   # a finding no prompt (or every prompt) reports cannot be balanced
+        picks = self._balanced_picks.setdefault((seed, num_prompts), [])   # [(pick, finding counts after it)]
+        while len(picks) <= epoch:
+            e = len(picks)
+            before = picks[-1][1] if picks else np.zeros(self.findings.shape[1])
+            rng = np.random.default_rng(derive_seed(seed, e, 0, "prompts"))
+            candidates = [self._pick(rng, num_prompts) for _ in range(BALANCE_CANDIDATES)]
+            n = (e + 1) * num_prompts
+            target, scale = n * share[kept], np.sqrt(n * share[kept] * (1 - share[kept]))
+            imbalance = [float(((((before + self.findings[idx].sum(axis=0))[kept] - target) / scale) ** 2).sum())
+                         for idx in candidates]
+            chosen = candidates[int(np.argmin(imbalance))]   # the first of equals: deterministic
+            picks.append((chosen, before + self.findings[chosen].sum(axis=0)))
+        return picks[epoch][0]
+
+    def draw(self, num_prompts: int, group_size: int, seed: int, epoch: int) -> list[dict]:
+        """``num_prompts * group_size`` entries: distinct prompts while the pool allows, each ``group_size`` times."""
+        if self.findings is not None:
+            idx = self._balanced_pick(num_prompts, seed, epoch)
+        else:
+            idx = self._pick(np.random.default_rng(derive_seed(seed, epoch, 0, "prompts")), num_prompts)
         return [self.entries[int(i)] for i in idx for _ in range(group_size)]
 
 

@@ -284,10 +284,16 @@ class Trainer:
         with self.warnings_log():
             return self._run_epoch(epoch)
 
+    def policy_weights(self):
+        """The weights the run would end with now: the EMA of the trained ones with ``train.ema_decay`` > 0 (in
+        the parameters while the block runs), else the trained ones."""
+        ema = self.updater.ema
+        return contextlib.nullcontext() if ema is None else ema.applied()
+
     def _probe(self, epochs_trained: int) -> None:
         if self.monitor is not None:
             self.gen.unet.eval()
-            with intra_op_threads(self.cfg.train.rollout_threads):
+            with intra_op_threads(self.cfg.train.rollout_threads), self.policy_weights():
                 probe = self.monitor.step(epochs_trained, self.gen, self.policy.ace)
             self.logger.log_probe(epochs_trained, probe)
             if probe and self.selection is not None and epochs_trained > 0:
@@ -357,8 +363,7 @@ class Trainer:
             bar.update(1)
         bar.close()
         self.close()
-        if self.selection is not None:
-            self.apply_final_policy()
+        self.finish_policy()
         if self.dist.is_main:
             self.suite.flush()
             try:   # a picture of the metrics: never a reason to lose the trained model
@@ -368,10 +373,22 @@ class Trainer:
         self.logger.close()
         return history
 
+    def finish_policy(self) -> None:
+        """Put the policy the run ends with into the parameters (what ``final/`` saves and the evaluation samples):
+        the EMA of the trained weights when ``train.ema_decay`` > 0, then, with ``train.final_policy=best_probe``,
+        the probes' best when it beats that. The checkpoints keep the trained weights, so a resume with more
+        epochs continues from them."""
+        ema = self.updater.ema
+        if ema is not None:
+            ema.copy_to_params()
+            if self.dist.is_main:
+                log.info("final policy: the EMA of the trained weights (train.ema_decay=%g)", ema.decay)
+        if self.selection is not None:
+            self.apply_final_policy()
+
     def apply_final_policy(self) -> int:
         """train.final_policy=best_probe: switch to the best probe's weights when they beat the last policy beyond
-        the noise (:class:`~cxrl.rl.selection.ProbeSelection`); returns the epochs the final policy was trained for.
-        The checkpoints keep the last policy, so a resume with more epochs continues from it."""
+        the noise (:class:`~cxrl.rl.selection.ProbeSelection`); returns the epochs the final policy was trained for."""
         chosen, why = self.selection.choice()
         epochs = self.epoch
         if chosen is not None:
@@ -383,6 +400,7 @@ class Trainer:
         log.info("final policy (train.final_policy=best_probe): %s", why if chosen is None else
                  f"the policy after {epochs} of {self.epoch} epochs — {why}")
         record = {"epochs_trained": epochs, "epochs_run": self.epoch, "selected_earlier_probe": chosen is not None,
+                  "weights": "trained" if self.updater.ema is None else f"ema (decay {self.updater.ema.decay:g})",
                   "why": why}
         (self.out / "final_policy.json").write_text(json.dumps(record, indent=1) + "\n")
         return epochs

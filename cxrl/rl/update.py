@@ -10,6 +10,7 @@ rounding differences between the sampling and the training forward); afterwards 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -79,7 +80,9 @@ class UpdateResult:
 
 
 class EMA:
-    """Exponential moving average of the trained parameters (kept in float32 on their device)."""
+    """Exponential moving average of the trained parameters (kept in float32 on their device). With
+    ``train.ema_decay`` > 0 it is the run's policy: the monitor probes it and the run ends with it (the trained
+    weights go on training underneath, and the checkpoints keep both)."""
 
     def __init__(self, params: list[torch.nn.Parameter], decay: float):
         self.decay = decay
@@ -90,6 +93,23 @@ class EMA:
     def update(self) -> None:
         for s, p in zip(self.shadow, self.params):
             s.lerp_(p.detach().float(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            p.copy_(s.to(p.dtype))
+
+    @contextlib.contextmanager
+    def applied(self):
+        """The averaged weights in the parameters while the block runs, the trained ones back after it."""
+        trained = [p.detach().clone() for p in self.params]
+        self.copy_to_params()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, t in zip(self.params, trained):
+                    p.copy_(t)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "shadow": list(self.shadow)}

@@ -125,3 +125,41 @@ def test_best_probe_without_probes_ends_with_the_last_policy(tiny_pixel_dir, tmp
         trainer.fit()
         assert not (tmp_path / name / "final_policy.json").exists()
     assert caplog.text.count("train.final_policy=best_probe has no probes to choose from") == 2
+
+
+def test_with_ema_the_run_probes_and_ends_with_the_average(tiny_pixel_dir, tmp_path):
+    """train.ema_decay > 0: the EMA is the policy — probed by the monitor, saved as final — while the trained weights
+    go on training underneath and are what the checkpoints resume from."""
+    decay = 0.5
+    cfg = _config(tiny_pixel_dir, tmp_path / "run", epochs=2, final_policy="last")
+    cfg = apply_overrides(cfg, [f"train.ema_decay={decay}"])
+    trainer = build_trainer(cfg)
+    base = {k: v.detach().clone() for k, v in trainer.policy.named_trainable().items()}
+    trained_after = []
+    trainer.on_checkpoint = lambda path: trained_after.append(load_checkpoint(path)[1])
+    trainer.fit()
+    groups = trained_after[-1]
+    names = list(trainer.policy.named_trainable())
+    final = {k: v.detach() for k, v in trainer.policy.named_trainable().items()}
+    shadow = dict(zip(names, groups["ema"]["shadow"]))
+    assert all(torch.equal(final[k], shadow[k].to(final[k].dtype)) for k in names)
+    moved = [k for k in names if not torch.equal(groups["weights"][k], base[k])]
+    assert moved and any(not torch.equal(final[k], groups["weights"][k]) for k in moved)   # not the trained weights
+    # the last probe scored these weights: probing them again gives its scores
+    probed = trainer.monitor.last["scores"]
+    again = trainer.monitor.measure(trainer.gen, trainer.policy.ace)
+    assert probed and set(again) == set(probed)
+    assert all(torch.equal(again[k].double(), torch.tensor(probed[k], dtype=torch.float64)) for k in probed)
+
+
+def test_ema_applied_restores_the_trained_weights():
+    from cxrl.rl.update import EMA
+    p = torch.nn.Parameter(torch.tensor([0.0, 2.0]))
+    ema = EMA([p], decay=0.75)
+    with torch.no_grad():
+        p.add_(4.0)
+    ema.update()
+    torch.testing.assert_close(ema.shadow[0], torch.tensor([1.0, 3.0]))   # 0.75 * old + 0.25 * new
+    with ema.applied():
+        assert torch.equal(p.detach(), torch.tensor([1.0, 3.0]))
+    assert torch.equal(p.detach(), torch.tensor([4.0, 6.0]))
