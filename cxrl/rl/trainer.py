@@ -295,10 +295,10 @@ class Trainer:
             self.gen.unet.eval()
             with intra_op_threads(self.cfg.train.rollout_threads), self.policy_weights():
                 probe = self.monitor.step(epochs_trained, self.gen, self.policy.ace)
+                if probe and self.selection is not None and epochs_trained > 0:   # the weights just probed
+                    combined = torch.tensor(self.monitor.last["scores"]["combined/reward"], dtype=torch.float64)
+                    self.selection.observe(epochs_trained, combined, self.policy.named_trainable())
             self.logger.log_probe(epochs_trained, probe)
-            if probe and self.selection is not None and epochs_trained > 0:
-                combined = torch.tensor(self.monitor.last["scores"]["combined/reward"], dtype=torch.float64)
-                self.selection.observe(epochs_trained, combined, self.policy.named_trainable())
 
     def _run_epoch(self, epoch: int) -> dict:
         d = self.dist

@@ -163,3 +163,22 @@ def test_ema_applied_restores_the_trained_weights():
     with ema.applied():
         assert torch.equal(p.detach(), torch.tensor([1.0, 3.0]))
     assert torch.equal(p.detach(), torch.tensor([4.0, 6.0]))
+
+
+def test_with_ema_best_probe_keeps_the_averaged_weights_it_probed(tiny_pixel_dir, tmp_path):
+    cfg = apply_overrides(_config(tiny_pixel_dir, tmp_path / "run", epochs=3), ["train.ema_decay=0.5"])
+    trainer = build_trainer(cfg)
+    trainer.fit()
+    names = list(trainer.policy.named_trainable())
+    for record in (trainer.selection.best, trainer.selection.last):
+        if "weights" not in record:
+            continue
+        _, groups = load_checkpoint(tmp_path / "run" / "checkpoints" / f"epoch_{record['epochs']:06d}")
+        shadow = dict(zip(names, groups["ema"]["shadow"]))
+        assert all(torch.equal(record["weights"][k], shadow[k].to(record["weights"][k].dtype)) for k in names)
+    final = {k: v.detach() for k, v in trainer.policy.named_trainable().items()}
+    chosen = json.loads((tmp_path / "run" / "final_policy.json").read_text())
+    assert chosen["weights"] == "ema (decay 0.5)"
+    _, groups = load_checkpoint(tmp_path / "run" / "checkpoints" / f"epoch_{chosen['epochs_trained']:06d}")
+    shadow = dict(zip(names, groups["ema"]["shadow"]))
+    assert all(torch.equal(final[k], shadow[k].to(final[k].dtype)) for k in names)
