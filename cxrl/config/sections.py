@@ -187,7 +187,7 @@ class EvalConfig:
 
 @dataclass
 class MonitorConfig:
-    every: int = opt(0, "reward-hacking monitor: every N epochs (and before the first update) sample the policy on a "
+    every: int = opt(0, "reward-hacking monitor: every N epochs (and before the first update and after the last) sample the policy on a "
                         "fixed probe set and score it with the held-out evaluators of the rewards that have one; 0 = off",
                      lo=0)
     split: str = opt("validate", "split of the probe prompts (eval.source's dataset; held out from data.split)",

@@ -99,10 +99,11 @@ class ProbeMonitor:
             if value is not None:
                 self.train_means.setdefault(name, []).append(float(value))
 
-    def step(self, epochs_trained: int, gen, ace) -> dict:
-        """Probe if due; returns the metrics to log (``probe/<reward>``, its paired change since the last probe and
-        that change's standard error) and warns about training rewards that rose while their probe fell."""
-        if not self.due(epochs_trained):
+    def step(self, epochs_trained: int, gen, ace, last_epoch: bool = False) -> dict:
+        """Probe if due (or ``last_epoch``: the policy the run ends with is always probed); returns the metrics to log
+        (``probe/<reward>``, its paired change since the last probe and that change's standard error) and warns about
+        training rewards that rose while their probe fell."""
+        if not (self.due(epochs_trained) or (last_epoch and epochs_trained > self.last.get("epochs", -1))):
             return {}
         scores = self.measure(gen, ace)
         out = {"probe/epochs_trained": epochs_trained}

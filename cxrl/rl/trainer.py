@@ -293,8 +293,11 @@ class Trainer:
     def _probe(self, epochs_trained: int) -> None:
         if self.monitor is not None:
             self.gen.unet.eval()
+            # the last epoch is probed whatever monitor.every says: best_probe compares against the policy the run
+            # ends with, not an earlier one
+            last_epoch = epochs_trained == self.cfg.train.epochs
             with intra_op_threads(self.cfg.train.rollout_threads), self.policy_weights():
-                probe = self.monitor.step(epochs_trained, self.gen, self.policy.ace)
+                probe = self.monitor.step(epochs_trained, self.gen, self.policy.ace, last_epoch=last_epoch)
                 if probe and self.selection is not None and epochs_trained > 0:   # the weights just probed
                     combined = torch.tensor(self.monitor.last["scores"]["combined/reward"], dtype=torch.float64)
                     self.selection.observe(epochs_trained, combined, self.policy.named_trainable())

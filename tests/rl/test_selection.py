@@ -182,3 +182,16 @@ def test_with_ema_best_probe_keeps_the_averaged_weights_it_probed(tiny_pixel_dir
     _, groups = load_checkpoint(tmp_path / "run" / "checkpoints" / f"epoch_{chosen['epochs_trained']:06d}")
     shadow = dict(zip(names, groups["ema"]["shadow"]))
     assert all(torch.equal(final[k], shadow[k].to(final[k].dtype)) for k in names)
+
+
+def test_the_last_epoch_is_probed_when_monitor_every_does_not_divide_the_run(tiny_pixel_dir, tmp_path):
+    """3 epochs, a probe every 2: probes after 0, 2 and 3 epochs, so best_probe compares with the policy the run ends
+    with (before, the last probe was after 2 epochs and the run's own last policy was never probed)."""
+    cfg = apply_overrides(_config(tiny_pixel_dir, tmp_path / "run", epochs=3), ["monitor.every=2"])
+    trainer = build_trainer(cfg)
+    trainer.fit()
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [d["probe/epochs_trained"] for d in lines if "probe/epochs_trained" in d] == [0, 2, 3]
+    assert trainer.selection.last["epochs"] == 3
+    record = json.loads((tmp_path / "run" / "final_policy.json").read_text())
+    assert record["epochs_trained"] in (2, 3) and ("(after 3 epochs)" in record["why"] or "(after 3;" in record["why"])
