@@ -187,8 +187,9 @@ class EvalConfig:
 
 @dataclass
 class MonitorConfig:
-    every: int = opt(0, "reward-hacking monitor: every N epochs (and before the first update and after the last) sample the policy on a "
-                        "fixed probe set and score it with the held-out evaluators of the rewards that have one; 0 = off",
+    every: int = opt(0, "reward-hacking monitor: every N epochs (and before the first update and after the last) "
+                        "sample the policy on a fixed probe set and score it with the held-out evaluators of the "
+                        "rewards that have one; 0 = off",
                      lo=0)
     split: str = opt("validate", "split of the probe prompts (eval.source's dataset; held out from data.split)",
                      choices=list(SPLITS), renamed=SPLIT_RENAMES)

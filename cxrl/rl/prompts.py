@@ -56,7 +56,8 @@ class PromptPool:
                                  f"{len(self.entries)} prompts have no labels (e.g. "
                                  f"{self.entries[unlabelled[0]]['prompt'][:60]!r}); give the prompt file a labels "
                                  "column or use data.draw=uniform")
-            self.findings = np.stack([np.asarray(e["labels"], dtype=np.float64) == 1 for e in self.entries]).astype(np.float64)
+            labels = np.stack([np.asarray(e["labels"], dtype=np.float64) for e in self.entries])
+            self.findings = (labels == 1).astype(np.float64)
         self._balanced_picks: dict = {}   # (seed, num_prompts) -> the picks of epochs 0, 1, ... so far
 
     def __len__(self) -> int:
