@@ -48,16 +48,18 @@ def _resampled_means(values: torch.Tensor, counts: torch.Tensor) -> torch.Tensor
     return counts @ values.sum(dim=1) / (counts.sum(dim=1) * values.shape[1])
 
 
-def _resampled_macro_auroc(probs: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, columns) -> torch.Tensor:
-    """:func:`cxrl.eval.auroc.macro_auroc` of each resample (``[R]``; NaN where no label has both classes), without
-    building it: a prompt drawn c times repeats its S images c times, so the Mann–Whitney count of a label is
-    ``c_pos · W · c_neg`` with ``W[p, q]`` = the (ties ½) wins of prompt p's images over prompt q's, computed once
-    per label. The same value as ranking every resample's images, up to float64 rounding."""
+def _resampled_label_aurocs(probs: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor,
+                            columns) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Each label's AUROC in every resample, ``{column: (auroc [R], defined [R])}``, for the labels (of ``columns``;
+    None = all) with both classes on the full prompt set, without building a resample: a prompt drawn c times
+    repeats its S images c times, so the Mann–Whitney count of a label is ``c_pos · W · c_neg`` with ``W[p, q]`` =
+    the (ties ½) wins of prompt p's images over prompt q's, computed once per label. The same values as ranking
+    every resample's images, up to float64 rounding. ``defined`` is False where a resample lacks a class or draws a
+    prompt whose score for the label is not finite."""
     probs, labels = probs.double(), labels.double()
     per_prompt = probs.shape[1]
     wanted = range(probs.shape[2]) if columns is None else sorted({int(c) for c in columns})
-    total = torch.zeros(counts.shape[0], dtype=torch.float64)
-    included = torch.zeros(counts.shape[0], dtype=torch.float64)
+    out = {}
     for col in wanted:
         pos, neg = labels[:, col] == 1, labels[:, col] == 0
         if not pos.any() or not neg.any():
@@ -71,10 +73,19 @@ def _resampled_macro_auroc(probs: torch.Tensor, labels: torch.Tensor, counts: to
         wins = wins.view(int(pos.sum()), per_prompt, int(neg.sum()), per_prompt).sum(dim=(1, 3))
         c_pos, c_neg = counts[:, pos], counts[:, neg]
         n_pos, n_neg = c_pos.sum(dim=1), c_neg.sum(dim=1)
-        valid = (n_pos > 0) & (n_neg > 0) & (counts[:, bad].sum(dim=1) == 0)
-        auroc = ((c_pos @ wins) * c_neg).sum(dim=1) / (n_pos * n_neg * per_prompt ** 2).clamp_min(1.0)
-        total += torch.where(valid, auroc, torch.zeros_like(auroc))
-        included += valid.double()
+        defined = (n_pos > 0) & (n_neg > 0) & (counts[:, bad].sum(dim=1) == 0)
+        out[col] = (((c_pos @ wins) * c_neg).sum(dim=1) / (n_pos * n_neg * per_prompt ** 2).clamp_min(1.0), defined)
+    return out
+
+
+def _resampled_macro_auroc(probs: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, columns) -> torch.Tensor:
+    """:func:`cxrl.eval.auroc.macro_auroc` of each resample (``[R]``; NaN where no label has both classes): the mean
+    of the labels defined in that resample."""
+    total = torch.zeros(counts.shape[0], dtype=torch.float64)
+    included = torch.zeros(counts.shape[0], dtype=torch.float64)
+    for auroc, defined in _resampled_label_aurocs(probs, labels, counts, columns).values():
+        total += torch.where(defined, auroc, torch.zeros_like(auroc))
+        included += defined.double()
     return torch.where(included > 0, total / included.clamp_min(1.0), torch.full_like(total, math.nan))
 
 
@@ -105,17 +116,45 @@ def paired_bootstrap(base: SampleScores, tuned: SampleScores, labels: torch.Tens
     counts = resample_counts(num_prompts, resamples, seed)
     base_draws = resampled_metric_values(base, labels, counts, columns)
     tuned_draws = resampled_metric_values(tuned, labels, counts, columns)
+    return {key: _difference_entry(base_all[key], tuned_all[key], tuned_draws[key] - base_draws[key])
+            for key in base_all}
+
+
+def _difference_entry(base: float, tuned: float, draws: torch.Tensor) -> dict:
+    """One row of a comparison: the full-set values and the bootstrap std and 95% interval of the difference over
+    the resamples in which it is defined (finite)."""
+    diff = tuned - base
+    draws = draws[torch.isfinite(draws)]
+    entry = {"base": base, "tuned": tuned, "diff": diff if math.isfinite(diff) else None,
+             "std": None, "ci_low": None, "ci_high": None, "resamples": int(draws.numel())}
+    if draws.numel() >= 2:
+        entry.update(std=float(draws.std()), ci_low=float(draws.quantile(0.025)), ci_high=float(draws.quantile(0.975)))
+    return entry
+
+
+def paired_bootstrap_per_label(base: SampleScores, tuned: SampleScores, labels: torch.Tensor, resamples: int,
+                               seed: int, names, columns=None) -> dict:
+    """tuned − base of each label's AUROC (the labels of ``columns`` with both classes; None = all), paired and
+    resampled exactly as :func:`paired_bootstrap` (same seed, same resamples): ``{name: entry}`` in label order.
+    A macro AUROC change is an average over a handful of labels, each judged on its own few positive prompts;
+    this says which labels carry it and which fall (the demo's Lung Lesion, docs/demo.md)."""
+    if base.probs is None or tuned.probs is None:
+        return {}
+    counts = resample_counts(labels.shape[0], resamples, seed)
+    base_draws = _resampled_label_aurocs(base.probs, labels, counts, columns)
+    tuned_draws = _resampled_label_aurocs(tuned.probs, labels, counts, columns)
+    repeated = labels.repeat_interleave(base.probs.shape[1], dim=0)
+    base_full = macro_auroc(base.probs.double().flatten(0, 1), repeated, list(names), columns).per_label
+    tuned_full = macro_auroc(tuned.probs.double().flatten(0, 1), repeated, list(names), columns).per_label
     out = {}
-    for key in base_all:
-        diff = tuned_all[key] - base_all[key]
-        draws = tuned_draws[key] - base_draws[key]
-        draws = draws[torch.isfinite(draws)]
-        entry = {"base": base_all[key], "tuned": tuned_all[key], "diff": diff if math.isfinite(diff) else None,
-                 "std": None, "ci_low": None, "ci_high": None, "resamples": int(draws.numel())}
-        if draws.numel() >= 2:
-            entry.update(std=float(draws.std()), ci_low=float(draws.quantile(0.025)),
-                         ci_high=float(draws.quantile(0.975)))
-        out[key] = entry
+    for col, (base_auroc, base_defined) in base_draws.items():
+        name = names[col]
+        if name not in base_full or name not in tuned_full:
+            continue   # not finite on the full set for one of the models
+        tuned_auroc, tuned_defined = tuned_draws[col]
+        nan = torch.full_like(base_auroc, math.nan)
+        draws = torch.where(base_defined & tuned_defined, tuned_auroc - base_auroc, nan)
+        out[name] = _difference_entry(base_full[name], tuned_full[name], draws)
     return out
 
 
@@ -126,11 +165,20 @@ def improved(comparison: dict, metric: str) -> bool:
     return diff is not None and (diff > 0 if higher else diff < 0)
 
 
-def comparison_markdown(comparison: dict, resamples: int) -> str:
-    lines = ["## Tuned − base (paired by prompt and initial noise)", "",
-             f"| metric | base | tuned | tuned − base | bootstrap std | 95% CI ({resamples} prompt resamples) |",
+def comparison_markdown(comparison: dict, resamples: int, per_label: dict | None = None) -> str:
+    """The tuned − base table; with ``per_label`` (:func:`paired_bootstrap_per_label`) a second one, per AUROC label."""
+    text = _difference_table("## Tuned − base (paired by prompt and initial noise)", "metric", comparison, resamples)
+    if per_label:
+        text += "\n" + _difference_table("### AUROC per label, tuned − base (the same resamples)", "label", per_label,
+                                         resamples)
+    return text
+
+
+def _difference_table(title: str, first_column: str, rows: dict, resamples: int) -> str:
+    lines = [title, "",
+             f"| {first_column} | base | tuned | tuned − base | bootstrap std | 95% CI ({resamples} prompt resamples) |",
              "|---|---|---|---|---|---|"]
-    for key, entry in comparison.items():
+    for key, entry in rows.items():
         def fmt(v, signed=False):
             return "n/a" if v is None else (f"{v:+.4f}" if signed else f"{v:.4f}")
         ci = "n/a" if entry["ci_low"] is None else f"[{entry['ci_low']:+.4f}, {entry['ci_high']:+.4f}]"

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Sequence
 
 from cxrl.config import EvalConfig, SamplingConfig
+from cxrl.data.labels import CHEXPERT_LABELS
 from cxrl.eval.auroc import supported_label_columns
 from cxrl.eval.cache import SHIPPED_CACHE, EvaluationCache
-from cxrl.eval.compare import comparison_markdown, improved, paired_bootstrap
+from cxrl.eval.compare import comparison_markdown, improved, paired_bootstrap, paired_bootstrap_per_label
 from cxrl.eval.evaluate import evaluate_models
 from cxrl.eval.evaluators import Evaluators
 from cxrl.eval.report import showcase_order, table_notes, write_report
@@ -27,8 +28,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class Evaluation:
     """What :func:`run_evaluation` measured: ``results`` as in metrics.json, ``comparison`` = tuned − base per
-    metric (``diff``, bootstrap ``ci_low``/``ci_high``/``std``; None without both models), the Markdown
-    ``table`` (with the comparison section) and where it went."""
+    metric (``diff``, bootstrap ``ci_low``/``ci_high``/``std``; None without both models), ``per_label`` the same
+    for each label of the AUROC, the Markdown ``table`` (with the comparison section) and where it went."""
 
     results: dict
     comparison: dict | None
@@ -36,6 +37,7 @@ class Evaluation:
     out_dir: Path | None
     seconds: float
     prompt_ids: list[str] = field(default_factory=list)
+    per_label: dict | None = None
 
     def improved(self, metric: str) -> bool:
         """True when tuned beats base on ``metric`` (one of posture, auroc, consistency)."""
@@ -54,12 +56,14 @@ def run_evaluation(models: dict, items: Sequence[dict], evaluators: Evaluators, 
     cache = EvaluationCache([SHIPPED_CACHE], e.cache_dir or None) if e.use_cache else None
     measured = evaluate_models(models, items, evaluators, feature_extractor, e, s, aces=aces, cache=cache)
     results = measured.results
-    comparison = None
+    comparison = per_label = None
     if "base" in measured.scores and "tuned" in measured.scores:
         labels = item_labels(items).double()
         columns = supported_label_columns(labels, e.min_label_prompts)
         comparison = paired_bootstrap(measured.scores["base"], measured.scores["tuned"], labels, e.bootstrap, e.seed,
                                       columns=columns)
+        per_label = paired_bootstrap_per_label(measured.scores["base"], measured.scores["tuned"], labels, e.bootstrap,
+                                               e.seed, CHEXPERT_LABELS, columns=columns)
     table = markdown_table(results, table_notes(results))
     if comparison is not None:
         table += "\n" + comparison_markdown(comparison, e.bootstrap)
@@ -79,9 +83,11 @@ def run_evaluation(models: dict, items: Sequence[dict], evaluators: Evaluators, 
                      grid_order=showcase_order(item_labels(items)),
                      reference_label=reference_label)
         if comparison is not None:
-            (out / "comparison.json").write_text(json.dumps({"comparison": comparison, "bootstrap_resamples": e.bootstrap,
+            (out / "comparison.json").write_text(json.dumps({"comparison": comparison, "auroc_per_label": per_label,
+                                                             "bootstrap_resamples": e.bootstrap,
                                                              "seconds": round(seconds, 2)}, indent=2) + "\n")
             with open(out / "results.md", "a") as fh:
-                fh.write("\n" + comparison_markdown(comparison, e.bootstrap))
+                fh.write("\n" + comparison_markdown(comparison, e.bootstrap, per_label))
     return Evaluation(results=results, comparison=comparison, table=table,
-                      out_dir=Path(out_dir) if out_dir is not None else None, seconds=seconds, prompt_ids=prompt_ids)
+                      out_dir=Path(out_dir) if out_dir is not None else None, seconds=seconds, prompt_ids=prompt_ids,
+                      per_label=per_label)

@@ -3,9 +3,9 @@
     s_diag = −mean_{c labelled} BCE(p_c, y_c)
 
 over the CheXpert-14 classes whose report label is positive (1) or negative (0); uncertain (−1) and
-unmentioned (nan) labels are masked, and so are classes the classifier does not predict (nan
-probability, e.g. the torchxrayvision outputs with no CheXpert counterpart). A sample with no labelled
-class gets 0 and is flagged in ``last_unlabelled`` (and warned about once per call).
+unmentioned (nan) labels are masked, and so are the labels named in ``ignore_labels`` and the classes the
+classifier does not predict (nan probability, e.g. the torchxrayvision outputs with no CheXpert counterpart).
+A sample with no labelled class gets 0 and is flagged in ``last_unlabelled`` (and warned about once per call).
 
 Backends: the project's own small classifier (:class:`CXRClassifier`, trained with
 ``cxrl train-reward diagnostic``) and torchxrayvision models (``xrv_backend.XRVClassifier``). Both
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrl.data.labels import CHEXPERT_LABELS
 from cxrl.rewards.base import RewardModel, labels_from_metadata, prepare_cxr
 from cxrl.rewards.nets import ConvEncoder, load_state_strict, read_model_dir, save_model_dir
 
@@ -78,8 +79,17 @@ class DiagnosticReward(RewardModel):
     comparative = True
 
     def __init__(self, classifier: nn.Module, name: str | None = None, comparative: bool | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, ignore_labels=()):
         super().__init__(name, comparative)
+        if isinstance(ignore_labels, str):
+            ignore_labels = [ignore_labels]
+        unknown = [label for label in ignore_labels if label not in CHEXPERT_LABELS]
+        if unknown:
+            raise ValueError(f"reward '{self.name}': ignore_labels {unknown} are not CheXpert labels; "
+                             f"choose from {list(CHEXPERT_LABELS)}")
+        # labels scored as if the report did not mention them (a reward-entry kwarg: `kwargs: {ignore_labels:
+        # [...]}`), for a classifier whose judgement of a label on generated images cannot be trusted
+        self.ignored_columns = [CHEXPERT_LABELS.index(label) for label in ignore_labels]
         self.classifier = classifier.eval().requires_grad_(False)
         self.dtype = dtype
         self.classifier.to(dtype)
@@ -106,6 +116,8 @@ class DiagnosticReward(RewardModel):
 
     def score(self, images, prompts, metadata) -> torch.Tensor:
         labels = labels_from_metadata(self.name, prompts, metadata, self.device)
+        if self.ignored_columns:
+            labels[:, self.ignored_columns] = float("nan")
         scores, has_label = masked_bce_score(self.predict_proba(images), labels)
         self.last_unlabelled = ~has_label
         if not bool(has_label.all()) and self.warn_about_inputs:

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from cxrl.eval.auroc import macro_auroc
-from cxrl.eval.compare import improved, metric_values, paired_bootstrap, resample_counts, resampled_metric_values
+from cxrl.eval.compare import (
+    comparison_markdown,
+    improved,
+    metric_values,
+    paired_bootstrap,
+    paired_bootstrap_per_label,
+    resample_counts,
+    resampled_metric_values,
+)
 from cxrl.eval.scoring import SampleScores
 
 
@@ -77,3 +85,45 @@ def test_resampled_metrics_equal_the_metrics_of_each_resample_built_out():
                     assert math.isnan(float(fast[key][r])), (key, r)
                 else:
                     assert float(fast[key][r]) == pytest.approx(value, rel=1e-12, abs=1e-12), (key, r, columns)
+
+
+def test_per_label_differences_are_each_labels_auroc_in_the_same_resamples():
+    """Each label's tuned − base AUROC and its interval come from the resamples of the macro comparison: every
+    resample's per-label difference equals the one computed by building that resample; the full-set values are
+    macro_auroc's per-label values, and their mean is the compared macro AUROC."""
+    g = torch.Generator().manual_seed(11)
+    prompts, per_prompt, num_labels = 24, 3, 14
+    labels = torch.full((prompts, num_labels), math.nan, dtype=torch.float64)
+    labels[:, 0] = (torch.arange(prompts) % 3 == 0).double()
+    labels[:, 5] = torch.tensor([1.0, 0.0, -1.0] * 8)
+    labels[:1, 7], labels[1:, 7] = 1.0, 0.0                       # one positive prompt: missing from some resamples
+    labels[:, 9] = 0.0                                            # one class only: no AUROC, no row
+    base = SampleScores(None, None, torch.rand(prompts, per_prompt, num_labels, generator=g))
+    tuned = SampleScores(None, None, torch.rand(prompts, per_prompt, num_labels, generator=g))
+    names = [f"L{i}" for i in range(num_labels)]
+    rows = paired_bootstrap_per_label(base, tuned, labels, resamples=30, seed=3, names=names)
+    assert list(rows) == ["L0", "L5", "L7"]
+    macro = paired_bootstrap(base, tuned, labels, resamples=30, seed=3)["auroc"]
+    assert sum(r["diff"] for r in rows.values()) / 3 == pytest.approx(macro["diff"], abs=1e-12)
+    generator = torch.Generator().manual_seed(3)
+    expected = {name: [] for name in rows}
+    for _ in range(30):
+        index = torch.randint(prompts, (prompts,), generator=generator)
+        repeated = labels[index].repeat_interleave(per_prompt, 0)
+        b = macro_auroc(base.probs[index].flatten(0, 1), repeated, names).per_label
+        t = macro_auroc(tuned.probs[index].flatten(0, 1), repeated, names).per_label
+        for name in rows:
+            if name in b and name in t:
+                expected[name].append(t[name] - b[name])
+    for name, entry in rows.items():
+        draws = torch.tensor(expected[name], dtype=torch.float64)
+        assert entry["resamples"] == draws.numel()
+        assert entry["std"] == pytest.approx(float(draws.std()), rel=1e-9)
+        assert entry["ci_low"] == pytest.approx(float(draws.quantile(0.025)), rel=1e-9)
+        assert entry["base"] == pytest.approx(macro_auroc(base.probs.flatten(0, 1), labels.repeat_interleave(
+            per_prompt, 0), names).per_label[name])
+    assert rows["L7"]["resamples"] < 30 == rows["L0"]["resamples"]
+    only = paired_bootstrap_per_label(base, tuned, labels, resamples=30, seed=3, names=names, columns=[5])
+    assert list(only) == ["L5"] and only["L5"] == rows["L5"]
+    table = comparison_markdown({"auroc": macro}, 30, rows)
+    assert "AUROC per label" in table and "| L7 |" in table

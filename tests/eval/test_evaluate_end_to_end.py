@@ -1,5 +1,6 @@
 """evaluate_models and the `cxrl sample` / `cxrl evaluate` commands end to end on tiny random
 generators and tiny evaluators loaded through the real loaders."""
+import dataclasses
 import json
 
 import numpy as np
@@ -10,9 +11,9 @@ from PIL import Image
 from cxrl.cli import main as cli_main
 from cxrl.config import Config, apply_overrides
 from cxrl.eval.evaluate import evaluate_models, generate_samples
-from cxrl.eval.run import run_evaluation
 from cxrl.eval.evaluators import load_evaluators
 from cxrl.eval.fid import ClassifierFeatures
+from cxrl.eval.run import run_evaluation
 
 CFG = apply_overrides(Config(), ["eval.samples_per_prompt=4", "sampling.num_steps=3", "sampling.guidance_scale=2.0",
                                  "eval.seed=3", "eval.batch_size=8", "eval.bootstrap=20"])
@@ -25,7 +26,8 @@ def test_evaluate_models_pairs_noise_and_writes_report(tiny_generators, evaluato
     evaluators = load_evaluators(evaluator_root)
     items = make_items(3)
     extractor = ClassifierFeatures(evaluators.diagnostic, name="toy-diagnostic")
-    measured = evaluate_models(models, items, evaluators, extractor, CFG.eval, CFG.sampling)
+    every_label = dataclasses.replace(CFG.eval, min_label_prompts=1)   # 3 prompts: 2 labels with both classes
+    measured = evaluate_models(models, items, evaluators, extractor, every_label, CFG.sampling)
     samples = measured.samples
     assert samples["base"].shape == (3, 4, 1, 32, 32)
     assert 0 <= samples["base"].min() and samples["base"].max() <= 1
@@ -39,13 +41,21 @@ def test_evaluate_models_pairs_noise_and_writes_report(tiny_generators, evaluato
         assert m["fid"] is not None and m["fid"] >= 0 and m["posture"] <= 0
         # the per-sample scores a comparison resamples are the ones the metrics were computed from
         assert m["posture"] == float(measured.scores[name].posture.flatten().mean())
-    evaluation = run_evaluation(models, items, evaluators, extractor, CFG.eval, CFG.sampling, out_dir=tmp_path)
+    evaluation = run_evaluation(models, items, evaluators, extractor, every_label, CFG.sampling, out_dir=tmp_path)
     assert evaluation.results == measured.results     # the full path samples and scores exactly the same
     assert set(evaluation.comparison) >= {"posture", "auroc", "consistency"}
     assert evaluation.comparison["posture"]["diff"] == pytest.approx(
         measured.results["tuned"]["posture"] - measured.results["base"]["posture"], abs=1e-12)
     assert set(json.loads((tmp_path / "metrics.json").read_text())) == {"base", "tuned"}
-    assert json.loads((tmp_path / "comparison.json").read_text())["bootstrap_resamples"] == 20
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert saved["bootstrap_resamples"] == 20
+    # per label: the labels of the macro AUROC, each with its own tuned − base as metrics.json has it
+    per_label, results = saved["auroc_per_label"], measured.results
+    assert list(per_label) == results["base"]["auroc_labels"] == ["No Finding", "Pleural Effusion"]
+    assert per_label == evaluation.per_label and "AUROC per label" in (tmp_path / "results.md").read_text()
+    for name, entry in per_label.items():
+        assert entry["diff"] == pytest.approx(results["tuned"]["auroc_per_label"][name]
+                                              - results["base"]["auroc_per_label"][name], abs=1e-12)
     run_info = json.loads((tmp_path / "run.json").read_text())
     assert run_info["prompt_ids"] == ["item-0", "item-1", "item-2"]
     assert (tmp_path / "grids" / "comparison.png").is_file()
