@@ -5,6 +5,8 @@
 over the CheXpert-14 classes whose report label is positive (1) or negative (0); uncertain (−1) and
 unmentioned (nan) labels are masked, and so are the labels named in ``ignore_labels`` and the classes the
 classifier does not predict (nan probability, e.g. the torchxrayvision outputs with no CheXpert counterpart).
+A report labelled No Finding is scored as negative for the labels named in ``implied_negatives`` that it does
+not mention.
 A sample with no labelled class gets 0 and is flagged in ``last_unlabelled`` (and warned about once per call).
 
 Backends: the project's own small classifier (:class:`CXRClassifier`, trained with
@@ -39,6 +41,16 @@ def masked_bce_score(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     count = mask.sum(dim=1)
     score = -(bce * mask).sum(dim=1) / count.clamp(min=1)
     return score, count > 0
+
+
+def with_implied_negatives(labels: torch.Tensor, columns: list[int]) -> torch.Tensor:
+    """A copy of ``labels`` [B, 14] where rows labelled No Finding (1) get 0 in ``columns`` they leave unmentioned
+    (nan); a mentioned label (positive, negative or uncertain) is kept as the report states it."""
+    out = labels.clone()
+    normal = labels[:, CHEXPERT_LABELS.index("No Finding")] == 1
+    block = out[:, columns]
+    out[:, columns] = torch.where(normal[:, None] & torch.isnan(block), torch.zeros_like(block), block)
+    return out
 
 
 def masked_bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -79,21 +91,32 @@ class DiagnosticReward(RewardModel):
     comparative = True
 
     def __init__(self, classifier: nn.Module, name: str | None = None, comparative: bool | None = None,
-                 dtype: torch.dtype = torch.float32, ignore_labels=()):
+                 dtype: torch.dtype = torch.float32, ignore_labels=(), implied_negatives=()):
         super().__init__(name, comparative)
-        if isinstance(ignore_labels, str):
-            ignore_labels = [ignore_labels]
-        unknown = [label for label in ignore_labels if label not in CHEXPERT_LABELS]
-        if unknown:
-            raise ValueError(f"reward '{self.name}': ignore_labels {unknown} are not CheXpert labels; "
-                             f"choose from {list(CHEXPERT_LABELS)}")
         # labels scored as if the report did not mention them (a reward-entry kwarg: `kwargs: {ignore_labels:
         # [...]}`), for a classifier whose judgement of a label on generated images cannot be trusted
-        self.ignored_columns = [CHEXPERT_LABELS.index(label) for label in ignore_labels]
+        self.ignored_columns = self._label_columns(ignore_labels, "ignore_labels")
+        # labels a "No Finding" report leaves unmentioned, scored as negative: CheXpert's No Finding means that
+        # none of the findings is present, but the labeler marks a 0 only where the text negates one, so without
+        # this a normal prompt's image may grow, say, a nodule at no cost (docs/demo.md, "Session 13")
+        self.implied_negative_columns = self._label_columns(implied_negatives, "implied_negatives")
+        if CHEXPERT_LABELS.index("No Finding") in self.implied_negative_columns:
+            raise ValueError(f"reward '{self.name}': implied_negatives names the findings a No Finding report "
+                             "rules out; 'No Finding' itself cannot be one")
         self.classifier = classifier.eval().requires_grad_(False)
         self.dtype = dtype
         self.classifier.to(dtype)
         self.last_unlabelled = torch.zeros(0, dtype=torch.bool)
+
+    def _label_columns(self, names, option: str) -> list[int]:
+        """Column indices of CheXpert label ``names`` (a name or a list), refusing unknown names."""
+        if isinstance(names, str):
+            names = [names]
+        unknown = [label for label in names if label not in CHEXPERT_LABELS]
+        if unknown:
+            raise ValueError(f"reward '{self.name}': {option} {unknown} are not CheXpert labels; "
+                             f"choose from {list(CHEXPERT_LABELS)}")
+        return [CHEXPERT_LABELS.index(label) for label in names]
 
     def to(self, device, dtype: torch.dtype | None = None) -> "DiagnosticReward":
         if dtype is not None:
@@ -116,6 +139,8 @@ class DiagnosticReward(RewardModel):
 
     def score(self, images, prompts, metadata) -> torch.Tensor:
         labels = labels_from_metadata(self.name, prompts, metadata, self.device)
+        if self.implied_negative_columns:
+            labels = with_implied_negatives(labels, self.implied_negative_columns)
         if self.ignored_columns:
             labels[:, self.ignored_columns] = float("nan")
         scores, has_label = masked_bce_score(self.predict_proba(images), labels)
