@@ -70,7 +70,7 @@ def prompt_pool(data: DataConfig, tokenizer=None) -> PromptPool:
     if data.max_prompts:
         unique = unique[: data.max_prompts]
     return PromptPool(unique, weights=[e["weight"] for e in unique] if data.weight_column else None,
-                      balanced=data.draw == "balanced")
+                      balanced=data.draw == "balanced", label_balance=data.label_balance)
 
 
 def held_out_items(dataset, num_prompts: int, seed: int) -> list[dict]:

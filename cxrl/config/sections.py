@@ -147,6 +147,10 @@ class DataConfig:
     draw: str = opt("uniform", "how each epoch picks its prompts: 'uniform' (at random, or by weight_column), or "
                     "'balanced': of 8 such draws, the one that keeps the run's count of each finding closest to the "
                     "pool's share (needs labelled prompts; cxrl/rl/prompts.py)", choices=["uniform", "balanced"])
+    label_balance: float = opt(0.0, "weigh each prompt by n**-a for the rarest finding it states present or absent (n: "
+                               "the pool's prompts stating it): 0 = off, 0.5 = square-root class-balanced draws that "
+                               "show rare findings about twice as often (needs labelled prompts; cxrl/rl/prompts.py)",
+                               lo=0.0)
 
 
 @dataclass
