@@ -57,18 +57,9 @@ def test_unknown_labels_are_refused_by_name():
     assert load_reward_model("diagnostic", ignore_labels="Fracture").ignored_columns == [CHEXPERT_LABELS.index("Fracture")]
 
 
-def test_the_anchor_score_cache_keys_ignored_labels(tmp_path):
+def test_the_anchor_score_cache_keys_ignored_labels(anchor_cache_namespace):
     """Comparative feedback caches the anchor's scores: an entry that ignores a label scores other numbers, so it
     must not share the cache of one that does not."""
-    from cxrl.compose import build_reward_suite
-    from cxrl.config import RewardsConfig, SamplingConfig
-
-    def namespace(kwargs):
-        entry = {"name": "diagnostic", **({"kwargs": kwargs} if kwargs else {})}
-        rewards = RewardsConfig(components=[entry], feedback="comparative")
-        suite = build_reward_suite(rewards, SamplingConfig(), "cpu", anchor_sampler=None, anchor_hash="a",
-                                   latent_shape=(1, 32, 32), seed=0, cache_path=tmp_path / "cache.json")
-        return suite.cache.namespace
-
+    namespace = anchor_cache_namespace
     plain = namespace(None)
     assert namespace({"ignore_labels": ["Lung Lesion"]}) != plain == namespace(None)

@@ -61,20 +61,9 @@ def test_bad_names_are_refused():
     assert load_reward_model("diagnostic", implied_negatives="Fracture").implied_negative_columns == [FRACTURE]
 
 
-def test_a_config_entry_reaches_every_member_and_keys_the_anchor_cache(tmp_path):
-    from cxrl.compose import build_reward_suite
-    from cxrl.config import RewardsConfig, SamplingConfig
-
+def test_a_config_entry_reaches_every_member_and_keys_the_anchor_cache(anchor_cache_namespace):
     entry = {"name": "diagnostic", "path": ["asset:rewards/diagnostic", "asset:rewards/diagnostic-seed1"],
              "kwargs": {"implied_negatives": ["Lung Lesion"]}}
     model, _ = reward_from_config(entry)
     assert [m.implied_negative_columns for m in model.members] == [[LESION]] * 2
-
-    def namespace(kwargs):
-        entry = {"name": "diagnostic", **({"kwargs": kwargs} if kwargs else {})}
-        rewards = RewardsConfig(components=[entry], feedback="comparative")
-        suite = build_reward_suite(rewards, SamplingConfig(), "cpu", anchor_sampler=None, anchor_hash="a",
-                                   latent_shape=(1, 32, 32), seed=0, cache_path=tmp_path / "cache.json")
-        return suite.cache.namespace
-
-    assert namespace({"implied_negatives": ["Lung Lesion"]}) != namespace(None)
+    assert anchor_cache_namespace({"implied_negatives": ["Lung Lesion"]}) != anchor_cache_namespace(None)
