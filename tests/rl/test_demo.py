@@ -66,6 +66,23 @@ def test_32_epoch_demo_is_the_previous_default():
     assert len(consistency["demo"]["path"]) == 3 and consistency["old"].get("path") is None   # ensemble vs the shipped one
 
 
+def test_one_step_candidate_changes_only_the_rollout_split():
+    """configs/demo_one_step.yaml (session 15) is the demo with one trained step per image and twice the images an
+    epoch: the same optimizer steps an epoch, fewer epochs, and nothing else — the rewards and evaluation are the demo's."""
+    demo = _flat(to_dict(load_config("packaged:demo.yaml")))
+    cand = _flat(to_dict(load_config(REPO / "configs" / "demo_one_step.yaml")))
+    assert {k for k in demo if demo[k] != cand[k]} == {
+        "sampling.samples_per_epoch", "train.epochs", "train.timestep_fraction", "train.batch_size", "monitor.every",
+        "log.output_dir"}
+    from cxrl.trajectory.plan import num_trained_steps
+    window = cand["sampling.num_steps"] - cand["train.skip_last_steps"]
+    assert num_trained_steps(window, cand["train.timestep_fraction"]) == 1
+    assert num_trained_steps(window, demo["train.timestep_fraction"]) == 3
+    # the same optimizer steps an epoch (samples / batch), and 1.5x the rollouts a run
+    assert cand["sampling.samples_per_epoch"] // cand["train.batch_size"] == demo["sampling.samples_per_epoch"] // demo["train.batch_size"]
+    assert cand["sampling.samples_per_epoch"] * cand["train.epochs"] == 1.5 * demo["sampling.samples_per_epoch"] * demo["train.epochs"]
+
+
 def test_single_reward_ablations_keep_one_reward():
     for kind in ("posture", "diagnostic", "consistency"):
         cfg = load_config(REPO / "configs" / "ablations" / f"{kind}_only.yaml")
