@@ -274,4 +274,7 @@ class RewardTrainingConfig:
     max_rotation: float = opt(0.3, "posture targets: largest rotation (radians)", lo=0.0)
     aug_posture: float = opt(0.5, "share of the posture ranges used as augmentation for the diagnostic and consistency "
                              "models (they must be posture-invariant)", lo=0.0, hi=1.0)
+    unmentioned: str = opt("masked", "diagnostic: a finding the report leaves unmentioned is 'masked' (no loss, CheXpert's "
+                           "convention) or 'negative' (trained as absent: true of the phantom world, which draws only the "
+                           "findings a report states; docs/rewards.md)", choices=["masked", "negative"])
     log_every: int = opt(0, "print a loss line every N steps (0: once per epoch)", lo=0)

@@ -124,16 +124,34 @@ def train_posture(canonical: torch.Tensor, cfg: RewardTrainingConfig) -> tuple[P
     return PostureReward(net), metrics
 
 
+def unmentioned_as_negative(labels: torch.Tensor) -> torch.Tensor:
+    """A copy of ``labels`` [N, 14] with every unmentioned (nan) finding set to 0, and No Finding set to 0 where it is
+    nan and the report states a finding (positive or uncertain). The CheXpert labeler writes No Finding = 1 or
+    nothing, never 0, so under masking that head only ever sees positives and scores every image normal."""
+    out = labels.clone()
+    no_finding = CHEXPERT_LABELS.index("No Finding")
+    findings = [i for i in range(len(CHEXPERT_LABELS)) if i != no_finding]
+    stated = ((labels[:, findings] == 1) | (labels[:, findings] == -1)).any(dim=1)
+    block = out[:, findings]
+    out[:, findings] = torch.where(torch.isnan(block), torch.zeros_like(block), block)
+    abnormal = torch.isnan(out[:, no_finding]) & stated
+    out[:, no_finding] = torch.where(abnormal, torch.zeros_like(out[:, no_finding]), out[:, no_finding])
+    return out
+
+
 def train_diagnostic(images: torch.Tensor, labels: torch.Tensor, cfg: RewardTrainingConfig) -> tuple[DiagnosticReward, dict]:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     train_idx, val_idx = _split(images.shape[0], cfg.val_fraction, gen)
     net = CXRClassifier(cfg.widths, cfg.feature_dim, images.shape[-1])
+    # why 'negative' exists: with CheXpert's masking a head never sees the images that leave its finding
+    # unmentioned (most of them normal), so it has no notion of "absent" there and the RL can drift it freely
+    targets = unmentioned_as_negative(labels) if cfg.unmentioned == "negative" else labels
 
     def step_fn(idx, g):
         i = train_idx[idx]
         x = _jitter_intensity(_augment_posture(images[i].float(), cfg, g), g)
-        return masked_bce_loss(net(x), labels[i])
+        return masked_bce_loss(net(x), targets[i])
 
     net.train()
     history = _loop(list(net.parameters()), cfg, len(train_idx), step_fn, "diagnostic")
