@@ -16,6 +16,8 @@ expose ``probabilities(x) -> [B, 14]`` and ``features(x) -> [B, D]`` on prepared
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -51,6 +53,25 @@ def with_implied_negatives(labels: torch.Tensor, columns: list[int]) -> torch.Te
     block = out[:, columns]
     out[:, columns] = torch.where(normal[:, None] & torch.isnan(block), torch.zeros_like(block), block)
     return out
+
+
+def unmentioned_as_negative(labels: torch.Tensor) -> torch.Tensor:
+    """A copy of ``labels`` [N, 14] with every unmentioned (nan) finding set to 0, and No Finding set to 0 where it is
+    nan and the report states a finding (positive or uncertain). True of the phantom world, which draws only the
+    findings a report states. The CheXpert labeler writes No Finding = 1 or nothing, never 0, so under masking that
+    head only ever sees positives and calls every image normal."""
+    out = labels.clone()
+    no_finding = CHEXPERT_LABELS.index("No Finding")
+    findings = [i for i in range(len(CHEXPERT_LABELS)) if i != no_finding]
+    stated = ((labels[:, findings] == 1) | (labels[:, findings] == -1)).any(dim=1)
+    block = out[:, findings]
+    out[:, findings] = torch.where(torch.isnan(block), torch.zeros_like(block), block)
+    abnormal = torch.isnan(out[:, no_finding]) & stated
+    out[:, no_finding] = torch.where(abnormal, torch.zeros_like(out[:, no_finding]), out[:, no_finding])
+    return out
+
+
+UNMENTIONED = ("masked", "negative")
 
 
 def masked_bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -91,8 +112,13 @@ class DiagnosticReward(RewardModel):
     comparative = True
 
     def __init__(self, classifier: nn.Module, name: str | None = None, comparative: bool | None = None,
-                 dtype: torch.dtype = torch.float32, ignore_labels=(), implied_negatives=()):
+                 dtype: torch.dtype = torch.float32, ignore_labels=(), implied_negatives=(), unmentioned: str = "masked"):
         super().__init__(name, comparative)
+        # how a report's unmentioned labels are scored: 'masked' (CheXpert's convention) or 'negative' (the phantom
+        # world's truth; a model trained that way, ``reward_training.unmentioned``, scores that way when loaded)
+        if unmentioned not in UNMENTIONED:
+            raise ValueError(f"reward '{self.name}': unmentioned must be one of {list(UNMENTIONED)}, got {unmentioned!r}")
+        self.unmentioned = unmentioned
         # labels scored as if the report did not mention them (a reward-entry kwarg: `kwargs: {ignore_labels:
         # [...]}`), for a classifier whose judgement of a label on generated images cannot be trusted
         self.ignored_columns = self._label_columns(ignore_labels, "ignore_labels")
@@ -139,6 +165,8 @@ class DiagnosticReward(RewardModel):
 
     def score(self, images, prompts, metadata) -> torch.Tensor:
         labels = labels_from_metadata(self.name, prompts, metadata, self.device)
+        if self.unmentioned == "negative":
+            labels = unmentioned_as_negative(labels)
         if self.implied_negative_columns:
             labels = with_implied_negatives(labels, self.implied_negative_columns)
         if self.ignored_columns:
@@ -151,6 +179,16 @@ class DiagnosticReward(RewardModel):
                         [prompts[i][:80] for i in idx[:3]])
         return scores.to(images.device)
 
+    def fingerprint(self) -> str:
+        """The weights' fingerprint, plus how the report's labels are read when that differs from the default: the
+        same classifier scoring with other label conventions gives other scores (and other cached anchor scores).
+        The default adds nothing, so fingerprints made before these options existed stay valid."""
+        settings = {"unmentioned": self.unmentioned, "ignored": self.ignored_columns,
+                    "implied_negatives": self.implied_negative_columns}
+        if settings == {"unmentioned": "masked", "ignored": [], "implied_negatives": []}:
+            return super().fingerprint()
+        return hashlib.sha256(f"{super().fingerprint()}|{json.dumps(settings, sort_keys=True)}".encode()).hexdigest()
+
     def save(self, out_dir, extra: dict | None = None) -> Path:
         if not isinstance(self.classifier, CXRClassifier):
             raise ValueError(f"reward '{self.name}': only the own CXRClassifier backend is saved by cxrl")
@@ -161,4 +199,6 @@ class DiagnosticReward(RewardModel):
         config, state = read_model_dir(path, "diagnostic")
         net = CXRClassifier(**config["arch"])
         load_state_strict(net, state, path)
-        return cls(net, **kwargs)
+        # score with the label convention the model was trained with unless the entry says otherwise
+        trained = ((config.get("training") or {}).get("config") or {}).get("unmentioned", "masked")
+        return cls(net, **{"unmentioned": trained, **kwargs})

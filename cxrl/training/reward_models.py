@@ -20,7 +20,7 @@ from cxrl.config import RewardTrainingConfig
 from cxrl.data.labels import CHEXPERT_LABELS
 from cxrl.eval.auroc import macro_auroc
 from cxrl.rewards.consistency import ConsistencyReward, DualEncoder, info_nce_loss
-from cxrl.rewards.diagnostic import CXRClassifier, DiagnosticReward, masked_bce_loss
+from cxrl.rewards.diagnostic import CXRClassifier, DiagnosticReward, masked_bce_loss, unmentioned_as_negative
 from cxrl.rewards.posture import IDENTITY_POSTURE, PostureNet, PostureReward, pose_images, sample_postures
 
 log = logging.getLogger(__name__)
@@ -122,21 +122,6 @@ def train_posture(canonical: torch.Tensor, cfg: RewardTrainingConfig) -> tuple[P
     metrics = {"val_mae": [round(float(v), 4) for v in mae], "val_deviation_corr": round(float(corr), 4),
                "train_loss": [round(h, 5) for h in history]}
     return PostureReward(net), metrics
-
-
-def unmentioned_as_negative(labels: torch.Tensor) -> torch.Tensor:
-    """A copy of ``labels`` [N, 14] with every unmentioned (nan) finding set to 0, and No Finding set to 0 where it is
-    nan and the report states a finding (positive or uncertain). The CheXpert labeler writes No Finding = 1 or
-    nothing, never 0, so under masking that head only ever sees positives and scores every image normal."""
-    out = labels.clone()
-    no_finding = CHEXPERT_LABELS.index("No Finding")
-    findings = [i for i in range(len(CHEXPERT_LABELS)) if i != no_finding]
-    stated = ((labels[:, findings] == 1) | (labels[:, findings] == -1)).any(dim=1)
-    block = out[:, findings]
-    out[:, findings] = torch.where(torch.isnan(block), torch.zeros_like(block), block)
-    abnormal = torch.isnan(out[:, no_finding]) & stated
-    out[:, no_finding] = torch.where(abnormal, torch.zeros_like(out[:, no_finding]), out[:, no_finding])
-    return out
 
 
 def train_diagnostic(images: torch.Tensor, labels: torch.Tensor, cfg: RewardTrainingConfig) -> tuple[DiagnosticReward, dict]:

@@ -9,8 +9,8 @@ from cxrl.rewards.posture import IDENTITY_POSTURE, pose_images, sample_postures
 from cxrl.training.reward_data import phantom_training_set
 from cxrl.data.labels import CHEXPERT_LABELS
 from cxrl.eval.auroc import binary_auroc
-from cxrl.training.reward_models import (finding_keys, train_consistency, train_diagnostic, train_posture,
-                                        unmentioned_as_negative)
+from cxrl.rewards.diagnostic import unmentioned_as_negative
+from cxrl.training.reward_models import finding_keys, train_consistency, train_diagnostic, train_posture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
