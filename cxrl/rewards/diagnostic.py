@@ -6,7 +6,8 @@ over the CheXpert-14 classes whose report label is positive (1) or negative (0);
 unmentioned (nan) labels are masked, and so are the labels named in ``ignore_labels`` and the classes the
 classifier does not predict (nan probability, e.g. the torchxrayvision outputs with no CheXpert counterpart).
 A report labelled No Finding is scored as negative for the labels named in ``implied_negatives`` that it does
-not mention.
+not mention; ``unmentioned="negative"`` scores every unmentioned finding (and the No Finding of a report that states
+a finding) as negative, the convention of a model trained with ``reward_training.unmentioned=negative``.
 A sample with no labelled class gets 0 and is flagged in ``last_unlabelled`` (and warned about once per call).
 
 Backends: the project's own small classifier (:class:`CXRClassifier`, trained with
