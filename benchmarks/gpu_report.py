@@ -149,6 +149,8 @@ SHORT = {  # the headline keys each step shows on its one table line
     "rl_epoch": ("cxrl_vs_eager", "overhead_epoch_vs_bare_unet", "mfu_bare_unet", "mfu_cxrl_epoch"),
     "peer_trl": ("cxrl_vs_trl[case]", "cxrl_vs_trl[defaults]"),
     "gpu_check": ("checks", "failed"),
+    "demo": ("device", "epochs_done", "epoch_s_median", "train_s", "save_and_evaluate_s", "total_s", "posture_ci_low",
+             "consistency_ci_low", "auroc_ci_low"),
 }
 
 
@@ -178,6 +180,10 @@ def _details(entry: dict) -> list[str]:
         return ["  preset                                        TRL epoch s  cxrl epoch s  cxrl speed-up (goal >= 1.5)"] + [
             f"  {r['preset'][:45]:45s} {r['trl_epoch_s']:11.2f} {r['cxrl_epoch_s']:13.2f} {r['cxrl_speedup_over_trl']:9.2f}"
             for r in rows]
+    if name == "demo":   # one line per epoch: where its seconds went
+        return ["  epoch  epoch s  sample s  score s  update s  reward"] + [
+            f"  {r['epoch']:5d} {r.get('epoch_seconds', 0):8.2f} {r.get('sample_seconds', 0):9.2f} {r.get('score_seconds', 0):8.2f}"
+            f" {r.get('update_seconds', 0):9.2f}  {_fmt(r.get('reward'))}" for r in rows]
     if name == "rl_epoch":
         return ["  provider                   epoch s   img/s  x vs eager"] + [
             f"  {r['provider']:26s} {r['epoch_s']:7.2f} {r['images_per_s']:7.2f} {r['x_vs_eager']:10.2f}" for r in rows]

@@ -212,8 +212,8 @@ def peer_trl_step(rec: StepRecord, rehearse: bool) -> None:
 
     reason = peer_trl.trl_unavailable_reason()
     if reason is not None:
-        rec.skip(f"trl not importable ({reason}); carry the wheels of ../shared/tools/device-wheels.sh --peers")
-        return
+        # the driver checks trl before it starts this step; reaching here means the import broke after that check
+        raise RuntimeError(f"trl not importable ({reason}); carry the wheels of ../shared/tools/device-wheels.sh --peers")
     device = device_for(rehearse)
     size = "gpu"
     if rehearse:   # the GPU code path (SD-1.5 layout, bf16 mapping) at tiny widths on the CPU
@@ -242,6 +242,7 @@ STEPS = {
     "rl_epoch": "benchmarks.gpu_steps:rl_epoch_step",
     "peer_trl": "benchmarks.gpu_steps:peer_trl_step",
     "gpu_check": "benchmarks.gpu_check:suite_step",
+    "demo": "benchmarks.gpu_demo:demo_step",
 }
 
 

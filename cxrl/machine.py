@@ -40,10 +40,16 @@ def matmul_tflops(size: int = 1024, threads: int = 1, repeats: int = 7) -> float
     return 2.0 * size ** 3 / statistics.median(seconds) / 1e12
 
 
-def yardstick() -> dict:
-    """What a run records beside its times (run.json): the matmul yardstick and where it was measured."""
-    return {"matmul_fp32_1024_1thread_tflops": round(matmul_tflops(), 4), "cpu": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+def yardstick(device: torch.device | str | None = None) -> dict:
+    """What a run records beside its times (run.json): the matmul yardstick and where it was measured; for a run on
+    a GPU also the accelerator's name (the CPU yardstick then times only the run's host side)."""
+    record = {"matmul_fp32_1024_1thread_tflops": round(matmul_tflops(), 4), "cpu": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        record["device"] = torch.cuda.get_device_name(device)
+        record["cuda"] = torch.version.cuda
+    return record
 
 
 def auto_threads(device_type: str, world_size: int = 1, scoring_thread: bool = False) -> int | None:

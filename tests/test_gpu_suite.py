@@ -5,7 +5,8 @@ The full rehearsal (every step, ~2.5 min on the 2-core dev machine) is ``@pytest
 run rehearses the subset ``--only build,backend,ddim_bandwidth,attention`` (setup always runs), which
 covers the driver-run steps, the Python steps with their Triton kernels interpreted, the bundle and the
 table; the pytest-kind steps' parsing is checked on a two-test file; the UNet, rl_epoch and gpu_check steps
-run in the slow test (their code also runs in tests/test_benchmarks.py and tests/diffusion)."""
+run in the slow test (their code also runs in tests/test_benchmarks.py and tests/diffusion); the demo step (`cxrl
+train` under torchrun, one epoch, ~30 s) runs in the default set."""
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gpu_report, gpu_suite
+from benchmarks import gpu_demo, gpu_report, gpu_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {"summary.json", "suite.log", "table.txt", "bundle.tar.gz"}
@@ -46,7 +47,8 @@ def _check_files_and_table(out: Path, proc) -> None:
 def test_steps_come_in_the_issue_order_and_their_caps_fit_the_budget():
     names = [s.name for s in gpu_suite.STEPS]
     assert names == ["setup", "build", "backend", "kernels_ddim", "kernels_flash", "ddim_bandwidth", "attention",
-                     "unet_equivalence", "rl_epoch", "peer_trl", "gpu_check"]
+                     "unet_equivalence", "rl_epoch", "peer_trl", "gpu_check", "demo"]
+    assert [s.name for s in gpu_suite.STEPS if s.optional] == ["demo"]   # last: it gets what the others left
     assert gpu_suite.caps_sum(rehearse=False) <= gpu_suite.BUDGET_S == 480
     assert gpu_suite.caps_sum(rehearse=True) <= gpu_suite.REHEARSAL_BUDGET_S
     needs = {s.name: s.needs for s in gpu_suite.STEPS}
@@ -123,6 +125,22 @@ def test_pytest_step_outcome_from_junit_and_from_the_log_of_a_killed_run(tmp_pat
     assert done["status"] == "fail" and "test_bad" in done["reason"]
     killed = gpu_report.step_outcome("pytest", None, True, tmp_path / "none.json", tmp_path / "absent.xml", log)
     assert killed["status"] == "timeout" and killed["headline"]["passed"] == 1 and killed["headline"]["failed"] == 1
+
+
+def test_demo_step_runs_cxrl_train_under_torchrun_and_keeps_its_files(tmp_path):
+    out = tmp_path / "out"
+    proc, summary, wall = _run_suite(out, "--only", "demo")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    _check_files_and_table(out, proc)
+    demo = {e["name"]: e for e in summary["steps"]}["demo"]
+    head = demo["headline"]
+    assert demo["status"] == "pass" and head["exit_code"] == 0 and head["device"] == "cpu"
+    assert head["epochs_done"] == 1 == len(demo["rows"]) and head["total_s"] > 0
+    assert head["posture_ci_low"] is not None                              # the evaluation's table was read
+    assert {"bundle/results/demo/run.json", "bundle/results/demo/metrics.jsonl",
+            "bundle/results/demo/eval/comparison.json"} <= _bundle_names(out)
+    # the timeout the driver gave the step reached it: the run got that minus the step's margin
+    assert head["timeout_s"] == demo["timeout_s"] - gpu_demo.MARGIN_S
 
 
 @pytest.mark.slow

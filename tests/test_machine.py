@@ -15,6 +15,12 @@ def test_matmul_yardstick_measures_and_restores_threads():
     assert torch.get_num_threads() == before
     record = yardstick()
     assert record["matmul_fp32_1024_1thread_tflops"] > 0 and record["torch"] == torch.__version__
+    assert "device" not in yardstick("cpu")   # a CPU run names no accelerator
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the GPU suite's demo step runs it)")
+def test_yardstick_names_the_gpu_of_a_cuda_run():
+    assert yardstick("cuda")["device"] == torch.cuda.get_device_name(0)
 
 
 def test_auto_threads_leave_a_core_to_the_scoring_thread_and_share_cores_between_ranks(monkeypatch):

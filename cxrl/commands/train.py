@@ -115,7 +115,7 @@ def run(args) -> int:
     if threads:
         torch.set_num_threads(threads)
     # the machine's speed, measured now, beside the run's times: a time means little without it
-    machine = yardstick() if dist.is_main else {}
+    machine = yardstick(dist.device) if dist.is_main else {}
     out = Path(cfg.log.output_dir)
     config_text = to_yaml(cfg)
     try:
