@@ -24,6 +24,7 @@ import dataclasses
 import math
 import tempfile
 import threading
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -31,7 +32,8 @@ import numpy as np
 import torch
 
 from .eager_ddpo import EagerEpoch
-from .harness import CaseResult, case_main, device_for_size, single_thread_on_cpu, synced_clock, time_side_by_side
+from .harness import (CaseResult, case_main, device_for_size, progress, single_thread_on_cpu, synced_clock,
+                      time_side_by_side)
 
 CASE = "rl_epoch"
 
@@ -276,9 +278,15 @@ def run_setting(s: EpochSetting, device: str, workdir: Path | None = None) -> Ca
 
     providers = {"eager_ddpo": lambda: eager(next(epoch)), "cxrl": cxrl_epoch("cxrl", True),
                  "cxrl_sequential_scoring": cxrl_epoch("cxrl_sequential_scoring", False), "bare_unet": bare}
+    t0 = time.perf_counter()
     providers["cxrl"]()   # fills the anchor-score cache: (prompt, seed) pairs recur from here on
+    progress("cxrl warm-up epoch (anchor cache, compiles)", time.perf_counter() - t0)
     audit = UNetAudit(trainer.gen.unet)
-    rows = {name: audit(fn) for name, fn in providers.items()}
+    rows = {}
+    for name, fn in providers.items():
+        t0 = time.perf_counter()
+        rows[name] = audit(fn)
+        progress(f"{name} audited epoch", time.perf_counter() - t0)
     anchor_rows = 2 * s.samples * s.steps   # the eager epoch re-samples the anchor (CFG: 2 rows per image)
     expected = {"cxrl": rows["bare_unet"], "cxrl_sequential_scoring": rows["bare_unet"],
                 "eager_ddpo": {"no_grad": rows["bare_unet"]["no_grad"] + anchor_rows, "grad": rows["bare_unet"]["grad"]}}

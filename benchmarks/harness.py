@@ -14,6 +14,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +107,14 @@ def time_side_by_side(
             providers[name]()
             _sync(device)
             timings[name].seconds.append(time.perf_counter() - t0)
+            progress(f"{name} rep {rep + 1}/{reps}", timings[name].seconds[-1])
     return timings
+
+
+def progress(what: str, seconds: float) -> None:
+    """One line per finished epoch or call, flushed: a step killed at its cap still shows how far it got and at what
+    pace (the GPU suite keeps the log)."""
+    print(f"[bench] {what}: {seconds:.3f} s", file=sys.stderr, flush=True)
 
 
 _ENV_CACHE: dict | None = None

@@ -37,7 +37,7 @@ import torch
 
 from .bench_rl_epoch import (SETTINGS, TINY_SD15, EpochSetting, UNetAudit, _prompt_entries, build_generator,
                              mean_intensity)
-from .harness import CaseResult, synced_clock, time_side_by_side
+from .harness import CaseResult, progress, synced_clock, time_side_by_side
 
 CASE = "rl_epoch_trl"
 TRL_VERSION = "0.22.2"
@@ -295,7 +295,12 @@ def run_preset(preset: str, s: EpochSetting, device: str, workdir: Path, model_d
     entries = _prompt_entries(sampling.samples_per_epoch // sampling.group_size)
     trainer, cxrl_call, cxrl_metrics = build_cxrl(cfg, entries, device, workdir / f"cxrl-{preset}")
     trl = TRLEpoch(cfg, model_dir, entries, sampling.group_size, device, workdir / f"trl-{preset}")
-    rows = {"trl": audit(trl.unet, trl.decoder, trl), "cxrl": audit(trainer.gen.unet, trainer.gen.vae.decoder, cxrl_call)}
+    rows = {}
+    for name, (unet, decoder, call) in {"trl": (trl.unet, trl.decoder, trl),
+                                        "cxrl": (trainer.gen.unet, trainer.gen.vae.decoder, cxrl_call)}.items():
+        t0 = time.perf_counter()
+        rows[name] = audit(unet, decoder, call)
+        progress(f"{name} audited epoch ({preset})", time.perf_counter() - t0)
     params = {"trl": sum(p.numel() for p in trl.params), "cxrl": sum(p.numel() for p in trainer.policy.params)}
     if rows["trl"] != rows["cxrl"] or params["trl"] != params["cxrl"]:
         raise RuntimeError(f"{CASE} [{preset}]: TRL ran {rows['trl']} rows training {params['trl']} parameters, cxrl "

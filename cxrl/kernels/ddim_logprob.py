@@ -96,7 +96,11 @@ def ddim_step_reference(
     if threshold is not None:
         x0 = dynamic_threshold(x0, *threshold)
     elif clip_sample_range is not None:
-        x0 = x0.clamp(-clip_sample_range, clip_sample_range)
+        # the gradient passes strictly inside the range, as in the Triton kernel: torch's own clamp backward
+        # differs at the bounds themselves between versions/devices (0 on the CPU with torch 2.14, 1 on CUDA with
+        # 2.11), and a model output of exactly +-1 is common in bf16
+        inside = (x0 > -clip_sample_range) & (x0 < clip_sample_range)
+        x0 = torch.where(inside, x0, x0.detach().clamp(-clip_sample_range, clip_sample_range))
 
     direction = (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
     mean = a_prev.sqrt() * x0 + direction
