@@ -171,8 +171,8 @@ def rl_epoch_step(rec: StepRecord, rehearse: bool) -> None:
     from .harness import append_csv
 
     device = device_for(rehearse)
-    # one timed epoch per provider (after the warm-up and the audited one): the 8-minute budget
-    setting = bench_rl_epoch.TINY_SD15 if rehearse else dataclasses.replace(bench_rl_epoch.SETTINGS["gpu"], reps=1)
+    # one timed epoch per provider (after the warm-up and the audited one), a quarter of the full case: the 8-minute budget
+    setting = bench_rl_epoch.TINY_SD15 if rehearse else bench_rl_epoch.GPU_SUITE
     rec.headline(setting=setting.name, attention=setting.attention_backend, reps=setting.reps, steps=setting.steps,
                  images_per_epoch=setting.samples)
     t0 = time.perf_counter()
@@ -218,6 +218,10 @@ def peer_trl_step(rec: StepRecord, rehearse: bool) -> None:
     size = "gpu"
     if rehearse:   # the GPU code path (SD-1.5 layout, bf16 mapping) at tiny widths on the CPU
         peer_trl.PEER_SETTINGS[size] = dataclasses.replace(peer_trl.TINY_PEERS["gpu-path"], reps=1)
+    else:          # the rl_epoch step's setting: the SD-1.5 shape at a quarter of the full case's work
+        from .bench_rl_epoch import GPU_SUITE
+
+        peer_trl.PEER_SETTINGS[size] = GPU_SUITE
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cxrl-suite-trl-") as work:
         results = peer_trl.run_peers(size, device, Path(work), reps=1)

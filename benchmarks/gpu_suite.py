@@ -48,33 +48,33 @@ class Step:
     title: str
     cap_s: int              # on the GPU
     rehearse_cap_s: int
-    needs: tuple = ()       # 'diffusers', 'cxrl._C', 'cuda'
+    needs: tuple = ()       # 'diffusers', 'cxrl._C', 'cuda', 'trl', 'torchxrayvision'
     kind: str = "python"    # python: benchmarks.gpu_steps STEP; pytest: ``target`` on the device; driver: here
     target: str = ""
     optional: bool = False  # runs last, in what the budget has left (up to its cap); not in caps_sum
 
 
 STEPS = (
-    Step("setup", "carried wheels, import paths, what is installed", 20, 50, kind="driver"),
-    Step("build", "cxrl._C (C++ trajectory store)", 35, 80, kind="driver"),
+    Step("setup", "carried wheels, import paths, what is installed", 15, 50, kind="driver"),
+    Step("build", "cxrl._C (C++ trajectory store)", 30, 80, kind="driver"),
     Step("backend", "versions, device, cxrl backend report", 15, 50),
     Step("kernels_ddim", "tests/kernels: fused DDIM step vs reference, fp32/bf16", 40, 90, ("diffusers", "cuda"),
          "pytest", "tests/kernels/test_ddim_logprob.py"),
-    Step("kernels_flash", "tests/kernels: flash attention vs fp64, fp32/fp16/bf16", 50, 90, ("cuda",),
+    Step("kernels_flash", "tests/kernels: flash attention vs fp64, fp32/fp16/bf16", 70, 90, ("cuda",),
          "pytest", "tests/kernels/test_flash_attention.py"),
-    Step("ddim_bandwidth", "fused DDIM step GB/s vs copy GB/s, same run", 20, 60, ("cuda",)),
-    Step("attention", "flash attention fwd, fwd+bwd at SD-1.5 shapes vs SDPA/xformers, auto's pick", 65, 90, ("cuda",)),
-    Step("unet_equivalence", "SD-1.5 UNet: cxrl processor == SDPA processor, bf16 fwd+bwd", 35, 100,
+    Step("ddim_bandwidth", "fused DDIM step GB/s vs copy GB/s, same run", 15, 60, ("cuda",)),
+    Step("attention", "flash attention fwd, fwd+bwd at SD-1.5 shapes vs SDPA/xformers, auto's pick", 60, 90, ("cuda",)),
+    Step("unet_equivalence", "SD-1.5 UNet: cxrl processor == SDPA processor, bf16 fwd+bwd", 30, 100,
          ("diffusers", "cuda")),
-    Step("rl_epoch", "RL epoch at the SD-1.5 shape: cxrl vs eager vs bare UNet", 80, 150,
+    Step("rl_epoch", "RL epoch at the SD-1.5 shape (16 images x 10 steps): cxrl vs eager vs bare UNet", 95, 150,
          ("diffusers", "cxrl._C", "cuda")),
-    Step("peer_trl", "RL epoch at the SD-1.5 shape: cxrl vs TRL's DDPOTrainer, equal settings (goal >= 1.5x)", 75, 120,
+    Step("peer_trl", "RL epoch at the SD-1.5 shape: cxrl vs TRL's DDPOTrainer, equal settings (goal >= 1.5x)", 70, 120,
          ("diffusers", "cxrl._C", "cuda", "trl")),
-    Step("gpu_check", "large-shape kernels, eager step, overlapped scoring on CUDA streams", 15, 100,
+    Step("gpu_check", "large-shape kernels, eager step, overlapped scoring on CUDA streams", 30, 100,
          ("diffusers", "cuda")),
     # the product's main job on CUDA under torchrun (benchmarks/gpu_demo.py): whatever time the others left
     Step("demo", "cxrl train (embedded default) on CUDA under torchrun: epochs, evaluation, run.json", 150, 150,
-         ("diffusers", "cxrl._C", "cuda"), optional=True),
+         ("diffusers", "cxrl._C", "cuda", "torchxrayvision"), optional=True),
 )
 
 
@@ -185,10 +185,12 @@ def setup_step(suite: Suite, timeout: float) -> dict:
             notes.append(f"{len(wheels)} carried wheels installed to {target}")
     found = probe(suite, max(timeout - (time.monotonic() - t0), 5))
     suite.have = {"diffusers": bool(found.get("diffusers")), "cxrl._C": bool(found.get("cxrl._C")),
-                  "pybind11": bool(found.get("pybind11")), "xdist": bool(found.get("xdist")), "trl": bool(found.get("trl"))}
+                  "pybind11": bool(found.get("pybind11")), "xdist": bool(found.get("xdist")), "trl": bool(found.get("trl")),
+                  "torchxrayvision": bool(found.get("torchxrayvision"))}
     if not found:
         status, notes = "fail", notes + ["the import probe failed (setup.log)"]
-        suite.have["diffusers"] = suite.have["cxrl._C"] = suite.have["trl"] = True   # unknown: let the steps find out
+        for name in ("diffusers", "cxrl._C", "trl", "torchxrayvision"):   # unknown: let the steps find out
+            suite.have[name] = True
     if found and not found.get("diffusers") and not wheels:
         suite.hint = WHEEL_HINT
         suite.log.line(WHEEL_HINT)
@@ -264,6 +266,9 @@ def unmet_need(suite: Suite, step: Step) -> str | None:
             return "needs cxrl._C, which did not build or import (build.log)"
         if need == "trl" and not suite.have.get("trl"):
             return "needs trl: run ../shared/tools/device-wheels.sh --peers and carry .whl"
+        if need == "torchxrayvision" and not suite.have.get("torchxrayvision"):
+            return ("needs torchxrayvision (the demo reads its IU X-ray reports through it): carry its wheel "
+                    "(../shared/tools/device-wheels.sh without --no-xrv)")
     return None
 
 

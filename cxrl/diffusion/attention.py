@@ -34,6 +34,10 @@ from cxrl.kernels.flash_attention import MAX_HEAD_DIM, SUPPORTED_DTYPES, flash_a
 BACKENDS = ("auto", "triton", "xformers", "sdpa")
 
 _recorded: dict[str, str] = {}  # shape family -> the choice last written to the backend report
+# (backend asked, cross, shapes, dtype, device) -> the backend resolved for an unmasked call. A UNet makes the same
+# few calls every step; on a GPU the family key, the locks and the report check cost 8-30 us a call (auto vs SDPA in
+# the GPU suite's attention rows), a tenth of a small kernel. Cleared with the decider (configure_auto).
+_resolved: dict[tuple, str] = {}
 _lock = threading.Lock()
 
 
@@ -108,6 +112,7 @@ def configure_auto(*, timer: Timer = time_on_cuda, cache_dir: str | Path | None 
     ``timed_devices`` exist so that tests can drive the decision on the CPU.
     """
     global AUTO
+    _resolved.clear()
     AUTO = AutoAttention(_RUNNERS, backend_unavailable_reason, timer=timer, cache_dir=cache_dir,
                          timed_devices=timed_devices)
     return AUTO
@@ -117,7 +122,17 @@ AUTO = configure_auto()
 
 
 def _resolve(q, k, v, scale, attention_mask, backend: str, cross: bool) -> str:
-    """The backend to run for this call; every choice goes to the backend report."""
+    """The backend to run for this call; every choice goes to the backend report (once per shape family)."""
+    if attention_mask is not None:
+        return _resolve_slow(q, k, v, scale, attention_mask, backend, cross)
+    fast_key = (backend, cross, q.shape, k.shape, q.dtype, q.device)
+    name = _resolved.get(fast_key)
+    if name is None:
+        name = _resolved[fast_key] = _resolve_slow(q, k, v, scale, None, backend, cross)
+    return name
+
+
+def _resolve_slow(q, k, v, scale, attention_mask, backend: str, cross: bool) -> str:
     key = shape_family(q, k, cross)
     if attention_mask is not None:
         _record_once(key + " masked", f"sdpa: attention_mask given (requested {backend}); the triton and "

@@ -39,6 +39,12 @@ import torch
 log = logging.getLogger(__name__)
 
 CACHE_DIR_ENV = "CXRL_ATTENTION_CACHE_DIR"
+MODE_ENV = "CXRL_ATTENTION_AUTO"   # 'time': time every candidate, also where a measured rule would pick SDPA
+# On Hopper (sm90+) SDPA's fused kernels beat cxrl's Triton kernel at every SD-1.5 attention shape measured on an H200
+# (16 of 16 rows, forward and forward+backward, 1.0-4x; 12 of 12 families timed by auto in two trainings; GPU suite,
+# 2026-12-04, docs/benchmarks.md "GPU results"), while timing the Triton candidate autotunes it per family: 84 s of
+# the first SD-1.5 epoch. Such a device takes SDPA untimed unless CXRL_ATTENTION_AUTO=time.
+SDPA_MEASURED_FASTEST_FROM_CAPABILITY = (9, 0)
 CANDIDATES = ("sdpa", "triton", "xformers")
 _FORMAT = 1
 _TIMING_REPS = 5
@@ -91,6 +97,21 @@ def time_on_cuda(name: str, run, q, k, v, scale) -> float:
             out.backward(torch.ones_like(out))
 
         return forward + _median_ms(train_step)
+
+
+def measured_rule(device: torch.device) -> Decision | None:
+    """SDPA without timing on devices where measurements showed it fastest (:func:`rule_for_capability`); None: time
+    the candidates. Such a decision is not written to the cache file, which holds timed decisions only."""
+    if device.type != "cuda":
+        return None
+    return rule_for_capability(torch.cuda.get_device_capability(device))
+
+
+def rule_for_capability(capability: tuple[int, int]) -> Decision | None:
+    if os.environ.get(MODE_ENV, "").strip().lower() == "time" or tuple(capability) < SDPA_MEASURED_FASTEST_FROM_CAPABILITY:
+        return None
+    return Decision("sdpa", f"sm{capability[0]}{capability[1]}: SDPA measured fastest at every SD-1.5 shape on an H200 "
+                            f"(docs/benchmarks.md); not timed ({MODE_ENV}=time times it)")
 
 
 def default_cache_dir() -> Path:
@@ -148,7 +169,7 @@ class AutoAttention:
             if decision is None and q.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
                 decision = Decision("sdpa", "no timing inside CUDA-graph capture; kept for this process")
             elif decision is None:
-                decision = self._save(device_name, family, self._decide(q, k, v, scale, family), q)
+                decision = measured_rule(q.device) or self._save(device_name, family, self._decide(q, k, v, scale, family), q)
             self._decisions[(device_name, family)] = decision
             return decision
 

@@ -196,3 +196,27 @@ def test_cpu_auto_is_sdpa_without_timing_or_files(tmp_path, monkeypatch):
         assert auto.path_for("cpu").parent == tmp_path / "env" and not (tmp_path / "env").exists()
     finally:
         configure_auto()
+
+
+def test_hopper_takes_sdpa_untimed_unless_asked_to_time(monkeypatch):
+    # the rule from the H200 measurements: sm90+ gets SDPA with the reason; older GPUs and CXRL_ATTENTION_AUTO=time time
+    from cxrl.diffusion import attention_auto
+
+    monkeypatch.delenv(attention_auto.MODE_ENV, raising=False)
+    hopper = attention_auto.rule_for_capability((9, 0))
+    assert hopper.backend == "sdpa" and "sm90" in hopper.why and "H200" in hopper.why
+    assert attention_auto.rule_for_capability((10, 0)).backend == "sdpa"
+    assert attention_auto.rule_for_capability((8, 0)) is None and attention_auto.rule_for_capability((8, 9)) is None
+    monkeypatch.setenv(attention_auto.MODE_ENV, "time")
+    assert attention_auto.rule_for_capability((9, 0)) is None
+    assert attention_auto.measured_rule(torch.device("cpu")) is None
+
+
+def test_a_rule_decision_is_not_timed_and_not_cached(auto_on_cpu, tmp_path, monkeypatch):
+    from cxrl.diffusion import attention_auto
+
+    monkeypatch.setattr(attention_auto, "measured_rule", lambda device: attention_auto.Decision("sdpa", "rule"))
+    auto = auto_on_cpu(lambda *a: pytest.fail("timed although a rule decided"))
+    q, k, v = _qkv(2)
+    assert auto.choose(q, k, v, None, cross=False) == attention_auto.Decision("sdpa", "rule")
+    assert not list((tmp_path / "cache").glob("*.json"))   # the cache file holds timed decisions only
