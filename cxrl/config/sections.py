@@ -117,7 +117,8 @@ class TrainConfig:
                             choices=["last", "best_probe"])
     mixed_precision: str = opt("auto", "'auto' = bf16 autocast on CUDA, none on CPU; 'no' or 'bf16' force it", choices=["auto", "no", "bf16"])
     deterministic: bool = opt(True, "deterministic algorithms (bitwise-reproducible resume on CPU); fresh memory is not "
-                              "NaN-filled. Measured on CPU: ~0-10% slower, within noise (docs/benchmarks.md); GPU not yet measured")
+                              "NaN-filled. Measured on CPU: ~0-10% slower, within noise (docs/benchmarks.md). On CUDA not bitwise: torch's SDPA "
+                              "backward (cuDNN / memory-efficient kernels) stays nondeterministic and says so (H200, docs/benchmarks.md)")
     max_nonfinite: int = opt(3, "abort after this many consecutive updates with a non-finite loss or gradient", lo=1)
     torch_threads: int = opt(0, "intra-op CPU threads for torch (torch.set_num_threads); 0 = auto: on the CPU the cores "
                              "this rank may use (cores / ranks), one left to the scoring thread when rewards.overlap "
