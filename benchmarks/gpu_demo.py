@@ -9,7 +9,8 @@ training process gets that minus a margin, so a run cut short still leaves the e
 The run's small files (run.json, config.yaml, metrics.jsonl, eval/comparison.json, eval/results.md) go into
 the suite's bundle under ``results/demo/``.
 
-``--rehearse``: the same launch on the CPU with one epoch of 8 images and an evaluation on 4 prompts.
+On the GPU the evaluation samples in batches of 64 (``GPU_OVERRIDES``); ``--rehearse``: the same launch on the CPU with
+one epoch of 8 images and an evaluation on 4 prompts.
 """
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ MARGIN_S = 8          # kept back from the step's timeout to read the run's file
 REHEARSAL = ("train.epochs=1", "sampling.samples_per_epoch=8", "sampling.group_size=4", "sampling.batch_size=4",
              "train.batch_size=4", "eval.num_prompts=4", "eval.samples_per_prompt=2", "eval.bootstrap=50",
              "monitor.every=0", "log.sample_every=0", "train.final_policy=last", "model.device=cpu")
+# On the GPU the evaluation samples 984 images per model (the shipped base cache holds CPU samples, so the base is
+# sampled too); at the demo's batch of 16 that is 620 launch-bound UNet calls per model, which did not finish in the
+# step's time on the H200 (2026-12-04). Batches of 64 make it 160. Same prompts, initial noises and evaluators; the
+# per-step noise is drawn per batch, so the samples differ from a batch-16 run's (docs/benchmarks.md).
+GPU_OVERRIDES = ("eval.batch_size=64",)
 KEPT_FILES = ("run.json", "config.yaml", "metrics.jsonl", "final_policy.json", "eval/comparison.json", "eval/results.md")
 
 
@@ -36,7 +42,7 @@ def demo_command(run_dir: Path, rehearse: bool) -> list[str]:
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
             "-m", "cxrl", "train", "--config", str(ROOT / "cxrl" / "configs" / "demo.yaml"),
             f"log.output_dir={run_dir}", "log.progress=false"]
-    return argv + list(REHEARSAL if rehearse else ())
+    return argv + list(REHEARSAL if rehearse else GPU_OVERRIDES)
 
 
 def read_jsonl(path: Path) -> list[dict]:
