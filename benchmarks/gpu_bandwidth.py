@@ -19,7 +19,9 @@ from .gpu_steps import StepRecord, device_for, median_ms, timed_first_call
 
 GOAL_FRACTION_OF_COPY = 0.8
 SIZES = {"sd": (32, 4, 64, 64), "hbm": (1024, 4, 64, 64)}
-REHEARSAL_SIZES = {"sd": (2, 4, 8, 8), "hbm": (4, 4, 8, 8)}
+REHEARSAL_SIZES = {"sd": (2, 4, 8, 8), "hbm": (4, 4, 16, 16)}   # hbm: 1024 elements a sample, so 512 splits it
+BLOCK_CANDIDATES = (2048, 4096)
+REHEARSAL_BLOCKS = (256, 512)   # below the rehearsal's 1024 elements a sample, so a sample really spans 4 or 2 programs
 TOLERANCE = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=1e-2)}
 
 
@@ -42,11 +44,16 @@ def _alternated_ms(providers: dict, reps: int, device: str, inner: int) -> dict[
     return {name: sorted(ts)[len(ts) // 2] for name, ts in samples.items()}
 
 
-def _measure(rec: StepRecord, size: str, shape: tuple, dtype: torch.dtype, device: str, reps: int) -> dict:
+def _measure(rec: StepRecord, size: str, shape: tuple, dtype: torch.dtype, device: str, reps: int,
+             block: int | None = None) -> dict:
     # imported here: cxrl.kernels imports triton, which must see TRITON_INTERPRET (set by the suite) first
     from cxrl.kernels import ddim_step_reference, fused_ddim_step
+    from cxrl.kernels.ddim_logprob import max_block
 
     dname = str(dtype).replace("torch.", "")
+    if block is not None:   # the same row with up to ``block`` elements per program (the default is MAX_BLOCK)
+        with max_block(block):
+            return _measure(rec, f"{size}-b{block}", shape, dtype, device, reps)
     u, c, x, noise, a_t, a_prev, sigma = _inputs(shape, dtype, device)
     kw = dict(model_output_text=c, guidance_scale=7.5, noise=noise)
 
@@ -74,7 +81,7 @@ def _measure(rec: StepRecord, size: str, shape: tuple, dtype: torch.dtype, devic
            "fused_us": 1e3 * ms["fused"], "copy_us": 1e3 * ms["copy"], "fused_GBps": fused_gbps,
            "copy_GBps": copy_gbps, "fraction_of_copy": fused_gbps / copy_gbps, "first_call_s": first_s}
     rec.row(row)
-    print(f"  {size:4s} {dname:8s} {moved / 1e6:8.2f} MB  fused {row['fused_us']:9.2f} us {fused_gbps:8.1f} GB/s"
+    print(f"  {size:9s} {dname:8s} {moved / 1e6:8.2f} MB  fused {row['fused_us']:9.2f} us {fused_gbps:8.1f} GB/s"
           f"  copy {copy_gbps:8.1f} GB/s  {row['fraction_of_copy']:.2f} of copy", flush=True)
     return row
 
@@ -105,3 +112,14 @@ def bandwidth_step(rec: StepRecord, rehearse: bool) -> None:
                 else:
                     rec.headline(**{f"sd_{dname}_fused_us": row["fused_us"]})
     rec.headline(goal_met=len(fractions) == 2 and min(fractions) >= GOAL_FRACTION_OF_COPY)
+    # larger blocks at the HBM size, beside the default: the evidence for (or against) changing MAX_BLOCK
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16):
+            for block in REHEARSAL_BLOCKS if rehearse else BLOCK_CANDIDATES:
+                try:
+                    row = _measure(rec, "hbm", sizes["hbm"], dtype, device, reps=3 if rehearse else 15, block=block)
+                except Exception as err:
+                    traceback.print_exc()
+                    rec.check(f"hbm-b{block} {dtype}", False, f"raised {type(err).__name__}: {str(err).splitlines()[0][:300]}")
+                    continue
+                rec.headline(**{f"hbm_{row['dtype']}_b{block}_fraction": row["fraction_of_copy"]})

@@ -159,8 +159,8 @@ def _details(entry: dict) -> list[str]:
     if not rows:
         return []
     if name == "ddim_bandwidth":
-        lines = ["  size dtype      MB   fused us  fused GB/s  copy GB/s  of copy (goal >= 0.8 at hbm)"]
-        lines += [f"  {r['size']:4s} {r['dtype']:8s} {r['moved_MB']:7.3g} {r['fused_us']:10.2f} {r['fused_GBps']:11.1f}"
+        lines = ["  size      dtype      MB   fused us  fused GB/s  copy GB/s  of copy (goal >= 0.8 at hbm)"]
+        lines += [f"  {r['size']:9s} {r['dtype']:8s} {r['moved_MB']:7.3g} {r['fused_us']:10.2f} {r['fused_GBps']:11.1f}"
                   f" {r['copy_GBps']:10.1f}  {r['fraction_of_copy']:.2f}" for r in rows]
         return lines
     if name == "attention":

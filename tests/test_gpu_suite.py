@@ -66,9 +66,9 @@ def test_quick_rehearsal_passes_and_leaves_its_four_files(tmp_path):
     steps = {e["name"]: e for e in summary["steps"]}
     assert steps["backend"]["headline"]["triton_on"] is True
     bandwidth = steps["ddim_bandwidth"]
-    assert {(r["size"], r["dtype"]) for r in bandwidth["rows"]} == {(s, d) for s in ("sd", "hbm")
+    assert {(r["size"], r["dtype"]) for r in bandwidth["rows"]} == {(s, d) for s in ("sd", "hbm", "hbm-b256", "hbm-b512")
                                                                     for d in ("float32", "bfloat16")}
-    assert all(c["ok"] for c in bandwidth["checks"]) and len(bandwidth["checks"]) == 4
+    assert all(c["ok"] for c in bandwidth["checks"]) and len(bandwidth["checks"]) == 8   # each row checked first
     attention = steps["attention"]
     assert len(attention["rows"]) == 16                                   # 8 SD-1.5 shape families x 2 modes
     assert all(r["auto_pick"] == "sdpa" for r in attention["rows"])      # auto on a CPU

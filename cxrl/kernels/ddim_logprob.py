@@ -33,6 +33,7 @@ refuses such steps up front.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -236,10 +237,30 @@ if triton is not None:
 # ----------------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------------
+MAX_BLOCK = 1024
+_max_block_override: list[int] = []   # set only by max_block() (the GPU suite's bandwidth step)
+
+
+@contextlib.contextmanager
+def max_block(elements: int):
+    """Launch with up to ``elements`` per program inside the block (a power of two >= 16). For measurements: on an H200
+    the bf16 step moved half the fp32 step's bytes in 88% of its time (docs/benchmarks.md, "GPU results"), which points
+    at per-program costs (the partial-sum reduction, waves of programs) rather than bandwidth; the GPU suite times
+    larger blocks beside the default before one is made the default."""
+    if elements < 16 or elements & (elements - 1):
+        raise ValueError(f"max_block: elements must be a power of two >= 16, got {elements}")
+    _max_block_override.append(elements)
+    try:
+        yield
+    finally:
+        _max_block_override.pop()
+
+
 def _launch_config(n_per_sample: int) -> tuple[int, int]:
     # 1024 elements (4 KiB of fp32 per input) per program keeps enough programs in flight at SD
     # shape (32 x 16 per step) while the log-prob partials buffer stays tiny
-    block = min(1024, triton.next_power_of_2(max(n_per_sample, 16)))
+    cap = _max_block_override[-1] if _max_block_override else MAX_BLOCK
+    block = min(cap, triton.next_power_of_2(max(n_per_sample, 16)))
     return block, 4 if block <= 1024 else 8
 
 

@@ -234,3 +234,21 @@ def test_clip_passes_no_gradient_at_the_bounds_themselves(backend):
     # at and beyond the bounds x0 is constant, so only the epsilon path (which uses the unclipped x0) remains
     assert flat[0] == pytest.approx(flat[1]) == pytest.approx(flat[4])
     assert abs(flat[0] - inside) > 0.1
+
+
+def test_a_smaller_block_splits_a_sample_and_gives_the_same_step():
+    # max_block (the GPU suite's bandwidth step compares block sizes) changes how many programs share a sample:
+    # the step is elementwise and the log-prob a sum of per-program partials, so the result may differ by rounding only
+    u, c, x, z, (a_t, a_prev, sigma) = _inputs((2, 4, 16, 16), torch.float32, True, 11)
+    kw = dict(model_output_text=c, guidance_scale=3.0, noise=z, backend="triton")
+    assert K._launch_config(4 * 16 * 16) == (1024, 4)
+    prev, lp = K.fused_ddim_step(u, x, a_t, a_prev, sigma, **kw)
+    with K.max_block(256):
+        assert K._launch_config(4 * 16 * 16) == (256, 4)
+        prev_small, lp_small = K.fused_ddim_step(u, x, a_t, a_prev, sigma, **kw)
+    assert K._launch_config(4 * 16 * 16) == (1024, 4)   # restored
+    assert torch.equal(prev, prev_small)
+    torch.testing.assert_close(lp_small, lp, atol=1e-5, rtol=1e-6)
+    with pytest.raises(ValueError, match="power of two"):
+        with K.max_block(1000):
+            pass
