@@ -115,7 +115,9 @@ class TrainConfig:
                             "under the training rewards (never the held-out evaluators), when it beats the last by > 2 "
                             "paired standard errors (cxrl/rl/selection.py); without monitor probes, the last",
                             choices=["last", "best_probe"])
-    mixed_precision: str = opt("auto", "'auto' = bf16 autocast on CUDA, none on CPU; 'no' or 'bf16' force it", choices=["auto", "no", "bf16"])
+    mixed_precision: str = opt("auto", "'auto' = bf16 autocast on CUDA, none on CPU; 'no' or 'bf16' force it (bf16 on a CPU: "
+                                  "faster only where it is native, AVX-512-BF16 or AMX; docs/demo.md, 'Session 18')",
+                                  choices=["auto", "no", "bf16"])
     deterministic: bool = opt(True, "deterministic algorithms (bitwise-reproducible resume on CPU); fresh memory is not "
                               "NaN-filled. Measured on CPU: ~0-10% slower, within noise (docs/benchmarks.md). On CUDA not bitwise: torch's SDPA "
                               "backward (cuDNN / memory-efficient kernels) stays nondeterministic and says so (H200, docs/benchmarks.md)")

@@ -35,7 +35,7 @@ class FrozenAnchor:
         shared its batch (up to the last bits of batched arithmetic)."""
         s = self.sampling
         images = []
-        with self.unet_lock, self.policy.lora_disabled(), autocast(self.autocast_dtype):
+        with self.unet_lock, self.policy.lora_disabled(), autocast(self.autocast_dtype, self.device.type):
             for begin in range(0, len(prompts), s.batch_size):
                 noise = initial_noise[begin:begin + s.batch_size]
                 generators = [torch_generator(noise_seed(row), self.device) for row in noise]

@@ -76,7 +76,7 @@ class ProbeMonitor:
         def sample_batch(begin: int) -> torch.Tensor:   # its noise depends on ``begin`` alone
             end = min(len(p.prompts), begin + self.batch_size)
             generator = torch.Generator(device=gen.device).manual_seed(p.seed + begin)
-            with autocast(self.autocast_dtype):
+            with autocast(self.autocast_dtype, gen.device.type):
                 return sample_images(gen, p.prompts[begin:end], ace=ace, num_steps=self.sampling.num_steps,
                                      guidance_scale=self.sampling.guidance_scale, eta=self.sampling.eta,
                                      initial_noise=p.noise[begin:end].to(gen.device, gen.dtype),

@@ -158,7 +158,7 @@ class Trainer:
             # one generator per global chunk: the same step noise whatever the sharding or the order chunks run in
             chunk = (first_sample + begin) // s.batch_size
             gen_rng = torch_generator(derive_seed(self.cfg.train.seed, epoch, chunk, "rollout"), self.device)
-            with chunk_lock, autocast(self.anchor.autocast_dtype):
+            with chunk_lock, autocast(self.anchor.autocast_dtype, self.device.type):
                 out = rollout(self.gen, batch.embeds[ids[begin:end].to(batch.embeds.device)], store, begin,
                               ace=self.policy.ace, num_steps=s.num_steps, guidance_scale=s.guidance_scale, eta=s.eta,
                               initial_noise=noise[begin:end], generator=gen_rng)

@@ -142,6 +142,7 @@ class PPOUpdater:
         self.optimizer = optimizer
         self.settings = settings
         self.autocast_dtype = autocast_dtype
+        self.device_type = params[0].device.type if params else "cpu"   # where the recompute's autocast applies
         if lr_at is None:
             if settings.lr_schedule == "cosine" and samples_per_rank is None:
                 raise ValueError("train.lr_schedule=cosine: PPOUpdater needs samples_per_rank (the samples each epoch's "
@@ -183,7 +184,7 @@ class PPOUpdater:
                 sb = i // trained_t                          # which sample batch this minibatch belongs to
                 group_start = (sb // s.gradient_accumulation) * s.gradient_accumulation
                 group_len = min(s.gradient_accumulation, sample_batches - group_start)
-                with autocast(self.autocast_dtype):
+                with autocast(self.autocast_dtype, self.device_type):
                     log_prob, kl = log_prob_fn(mb)
                 log_prob = log_prob.float()
                 old = log_prob.detach() if not updated else mb.log_probs.to(log_prob.device, torch.float32)
