@@ -172,7 +172,7 @@ def report(cfg, flops: dict, result: dict) -> str:
     lines += ["", f"| MFU (of {result['peak_tflops']:.0f} TFLOP/s) | TFLOP/s per GPU | training wall ({result['gpus']} GPUs) "
               f"| evaluation wall | GPU-hours ({result['gpus']} held) |", "|---|---|---|---|---|"]
     for row in result["rows"]:
-        lines.append(f"| {row['mfu']:.0%} | {row['tflops_per_gpu']:.0f} | {row['train_wall_h']:.2f} h | "
+        lines.append(f"| {row['mfu'] * 100:g}% | {row['tflops_per_gpu']:.0f} | {row['train_wall_h']:.2f} h | "
                      f"{row['eval_wall_h'] * 60:.0f} min | {row['gpu_hours']:.1f} |")
     return "\n".join(lines)
 
@@ -184,11 +184,17 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=str(ROOT / "configs" / "mimic_roentgen.yaml"))
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--anchor-hit-rate", type=float, default=0.0, help="share of anchor images the cache saves")
+    parser.add_argument("--mfu", type=float, action="append", default=[],
+                        help="also a row at this MFU, e.g. one measured (repeatable; a fraction of the peak, 0-1)")
     args = parser.parse_args(argv)
+    bad = [m for m in args.mfu if not 0 < m <= 1]
+    if bad:
+        parser.error(f"--mfu takes a fraction of the peak in (0, 1], got {bad}")
     cfg = load_config(args.config)
     rank = cfg.model.lora_rank if cfg.model.finetune == "lora" else None
     flops = count_flops(SD15, rank, cfg.model.ace_tokens, cfg.model.gradient_checkpointing)
-    print(report(cfg, flops, estimate(cfg, flops, args.gpus, args.anchor_hit_rate)))
+    mfus = tuple(sorted(set(MFU_RANGE) | set(args.mfu)))
+    print(report(cfg, flops, estimate(cfg, flops, args.gpus, args.anchor_hit_rate, mfu_range=mfus)))
     return 0
 
 

@@ -82,3 +82,18 @@ def test_estimate_is_the_configs_work_times_the_counts():
     assert work["anchor_rows"] == 0 and work["rollout_rows"] == images * 50 and work["train_rows"] == images * 25
     odd = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, timestep_fraction=0.3))
     assert cost.run_work(odd)["trained_steps"] == math.ceil(50 * 0.3) == 15
+
+
+def test_a_measured_mfu_gets_its_own_row_and_a_bad_one_is_refused(capsys):
+    cfg = load_config(ROOT / "configs" / "mimic_roentgen.yaml")
+    unit = {"unet_forward": 1e12, "unet_train": 3e12, "vae_decode": 2e12, "text_encode": 0.0, "rewards": 0.0}
+    result = cost.estimate(cfg, unit, mfu_range=(0.15, 0.156, 0.25))
+    hours = {row["mfu"]: row["gpu_hours"] for row in result["rows"]}
+    assert hours[0.15] > hours[0.156] > hours[0.25]
+    assert hours[0.156] == pytest.approx(hours[0.15] * 0.15 / 0.156)      # hours scale as 1 / MFU
+    table = cost.report(cfg, unit, result)
+    assert "| 15.6% | 154 |" in table and "| 15% | 148 |" in table
+    for bad in ("0", "1.5", "-0.2"):
+        with pytest.raises(SystemExit):
+            cost.main(["--mfu", bad])
+        assert "--mfu takes a fraction of the peak" in capsys.readouterr().err
