@@ -20,8 +20,10 @@ from .gpu_steps import StepRecord, device_for, median_ms, timed_first_call
 GOAL_FRACTION_OF_COPY = 0.8
 SIZES = {"sd": (32, 4, 64, 64), "hbm": (1024, 4, 64, 64)}
 REHEARSAL_SIZES = {"sd": (2, 4, 8, 8), "hbm": (4, 4, 16, 16)}   # hbm: 1024 elements a sample, so 512 splits it
-BLOCK_CANDIDATES = (2048, 4096)
-REHEARSAL_BLOCKS = (256, 512)   # below the rehearsal's 1024 elements a sample, so a sample really spans 4 or 2 programs
+# (elements per program, warps or None for the default's): 2048/4096 at 8 warps keep 8 elements a thread, as the
+# default does; at 4 warps a thread loads 32 or 64 bytes of each input, in bf16 as much as fp32 does at the default
+BLOCK_CANDIDATES = ((2048, None), (4096, None), (2048, 4), (4096, 4))
+REHEARSAL_BLOCKS = ((256, None), (512, None), (512, 2))   # below the rehearsal's 1024 elements a sample: 4 or 2 programs
 TOLERANCE = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=1e-2)}
 
 
@@ -44,16 +46,20 @@ def _alternated_ms(providers: dict, reps: int, device: str, inner: int) -> dict[
     return {name: sorted(ts)[len(ts) // 2] for name, ts in samples.items()}
 
 
+def block_label(block: int, warps: int | None) -> str:
+    return f"b{block}" + (f"w{warps}" if warps else "")
+
+
 def _measure(rec: StepRecord, size: str, shape: tuple, dtype: torch.dtype, device: str, reps: int,
-             block: int | None = None) -> dict:
+             block: tuple[int, int | None] | None = None) -> dict:
     # imported here: cxrl.kernels imports triton, which must see TRITON_INTERPRET (set by the suite) first
     from cxrl.kernels import ddim_step_reference, fused_ddim_step
     from cxrl.kernels.ddim_logprob import max_block
 
     dname = str(dtype).replace("torch.", "")
-    if block is not None:   # the same row with up to ``block`` elements per program (the default is MAX_BLOCK)
-        with max_block(block):
-            return _measure(rec, f"{size}-b{block}", shape, dtype, device, reps)
+    if block is not None:   # the same row with up to ``block[0]`` elements per program and ``block[1]`` warps
+        with max_block(*block):
+            return _measure(rec, f"{size}-{block_label(*block)}", shape, dtype, device, reps)
     u, c, x, noise, a_t, a_prev, sigma = _inputs(shape, dtype, device)
     kw = dict(model_output_text=c, guidance_scale=7.5, noise=noise)
 
@@ -120,6 +126,7 @@ def bandwidth_step(rec: StepRecord, rehearse: bool) -> None:
                     row = _measure(rec, "hbm", sizes["hbm"], dtype, device, reps=3 if rehearse else 15, block=block)
                 except Exception as err:
                     traceback.print_exc()
-                    rec.check(f"hbm-b{block} {dtype}", False, f"raised {type(err).__name__}: {str(err).splitlines()[0][:300]}")
+                    rec.check(f"hbm-{block_label(*block)} {dtype}", False,
+                              f"raised {type(err).__name__}: {str(err).splitlines()[0][:300]}")
                     continue
-                rec.headline(**{f"hbm_{row['dtype']}_b{block}_fraction": row["fraction_of_copy"]})
+                rec.headline(**{f"hbm_{row['dtype']}_{block_label(*block)}_fraction": row["fraction_of_copy"]})

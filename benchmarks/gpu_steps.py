@@ -201,15 +201,28 @@ def rl_epoch_step(rec: StepRecord, rehearse: bool) -> None:
     rec.check("cxrl's anchor scores came from the cache", anchors == 0, f"{anchors:g} anchor images sampled")
 
 
+def peer_overrides(environ=os.environ) -> list[str]:
+    """cxrl-side settings for the peer step from ``CXRL_SUITE_PEER_SET`` (``key=value`` words, as on cxrl's command
+    line), e.g. ``train.deterministic=false`` to time what determinism costs on the GPU; checked before any model is
+    built, so a typo costs seconds, not the step."""
+    from cxrl.config import Config, apply_overrides
+
+    words = environ.get("CXRL_SUITE_PEER_SET", "").split()
+    apply_overrides(Config(), words)   # raises with the config's own message on an unknown key or a bad value
+    return words
+
+
 def peer_trl_step(rec: StepRecord, rehearse: bool) -> None:
     """TRL's DDPOTrainer beside cxrl at equal settings (benchmarks/peer_trl.py) at the SD-1.5 shape: one timed epoch
-    each after the audited one; the goal is cxrl >= 1.5x TRL. Skipped with the reason when trl does not import."""
+    each after the audited one; the goal is cxrl >= 1.5x TRL. Skipped with the reason when trl does not import.
+    ``CXRL_SUITE_PEER_SET`` changes cxrl-side run-time settings (:func:`peer_overrides`); the row's preset names them."""
     import dataclasses
     import tempfile
 
     from . import peer_trl
     from .harness import append_csv
 
+    overrides = peer_overrides()
     reason = peer_trl.trl_unavailable_reason()
     if reason is not None:
         # the driver checks trl before it starts this step; reaching here means the import broke after that check
@@ -224,7 +237,7 @@ def peer_trl_step(rec: StepRecord, rehearse: bool) -> None:
         peer_trl.PEER_SETTINGS[size] = GPU_SUITE
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cxrl-suite-trl-") as work:
-        results = peer_trl.run_peers(size, device, Path(work), reps=1)
+        results = peer_trl.run_peers(size, device, Path(work), reps=1, overrides=overrides)
     wall = time.perf_counter() - t0
     timed = sum(sum(t.seconds) for r in results for t in r.timings.values())
     rec.add_time(compile_s=wall - timed, run_s=timed)
@@ -234,7 +247,8 @@ def peer_trl_step(rec: StepRecord, rehearse: bool) -> None:
         speedup = result.timings["trl"].median / result.timings["cxrl"].median
         rec.row({"preset": result.mode, "trl_epoch_s": result.timings["trl"].median,
                  "cxrl_epoch_s": result.timings["cxrl"].median, "cxrl_speedup_over_trl": speedup})
-        rec.headline(**{f"cxrl_vs_trl[{result.mode.split('-')[0]}]": speedup})
+        label = result.mode.split("-")[0] + "".join(f" {o}" for o in overrides)
+        rec.headline(**{f"cxrl_vs_trl[{label}]": speedup})
     rec.check("peer rows", bool(results), f"{len(results)} preset(s)")
 
 

@@ -66,9 +66,9 @@ def test_quick_rehearsal_passes_and_leaves_its_four_files(tmp_path):
     steps = {e["name"]: e for e in summary["steps"]}
     assert steps["backend"]["headline"]["triton_on"] is True
     bandwidth = steps["ddim_bandwidth"]
-    assert {(r["size"], r["dtype"]) for r in bandwidth["rows"]} == {(s, d) for s in ("sd", "hbm", "hbm-b256", "hbm-b512")
-                                                                    for d in ("float32", "bfloat16")}
-    assert all(c["ok"] for c in bandwidth["checks"]) and len(bandwidth["checks"]) == 8   # each row checked first
+    sizes = ("sd", "hbm", "hbm-b256", "hbm-b512", "hbm-b512w2")
+    assert {(r["size"], r["dtype"]) for r in bandwidth["rows"]} == {(s, d) for s in sizes for d in ("float32", "bfloat16")}
+    assert all(c["ok"] for c in bandwidth["checks"]) and len(bandwidth["checks"]) == 10  # each row checked first
     attention = steps["attention"]
     assert len(attention["rows"]) == 16                                   # 8 SD-1.5 shape families x 2 modes
     assert all(r["auto_pick"] == "sdpa" for r in attention["rows"])      # auto on a CPU
@@ -158,3 +158,15 @@ def test_full_rehearsal_every_step_passes(tmp_path):
     assert steps["unet_equivalence"]["headline"]["triton_attention_shapes"] > 0
     assert {"cxrl", "eager_ddpo", "bare_unet"} <= set(steps["rl_epoch"]["headline"]["providers"])
     print(f"full rehearsal wall {wall:.1f} s")
+
+
+def test_the_peer_steps_cxrl_settings_come_from_the_environment_and_are_checked_first():
+    from benchmarks.gpu_steps import peer_overrides
+
+    assert peer_overrides({}) == []
+    assert peer_overrides({"CXRL_SUITE_PEER_SET": " train.deterministic=false  rewards.overlap=false "}) == [
+        "train.deterministic=false", "rewards.overlap=false"]
+    with pytest.raises(ValueError, match="did you mean 'train.deterministic'"):
+        peer_overrides({"CXRL_SUITE_PEER_SET": "train.determinstic=false"})
+    with pytest.raises(ValueError, match="must be true/false"):
+        peer_overrides({"CXRL_SUITE_PEER_SET": "train.deterministic=maybe"})

@@ -238,18 +238,21 @@ if triton is not None:
 # launchers
 # ----------------------------------------------------------------------------------------------
 MAX_BLOCK = 1024
-_max_block_override: list[int] = []   # set only by max_block() (the GPU suite's bandwidth step)
+_max_block_override: list[tuple[int, int | None]] = []   # set only by max_block() (the GPU suite's bandwidth step)
 
 
 @contextlib.contextmanager
-def max_block(elements: int):
-    """Launch with up to ``elements`` per program inside the block (a power of two >= 16). For measurements: on an H200
-    the bf16 step moved half the fp32 step's bytes in 88% of its time (docs/benchmarks.md, "GPU results"), which points
-    at per-program costs (the partial-sum reduction, waves of programs) rather than bandwidth; the GPU suite times
-    larger blocks beside the default before one is made the default."""
+def max_block(elements: int, num_warps: int | None = None):
+    """Launch with up to ``elements`` per program inside the block (a power of two >= 16), and with ``num_warps`` warps
+    when given (else 4 up to 1024 elements, 8 above). For measurements: on an H200 the bf16 step took as long as the
+    fp32 one for half the bytes, and blocks of 2048/4096 at 8 warps were slower still (docs/benchmarks.md, "GPU
+    results"). Both of those keep 8 elements per thread, one 16-byte load per input in bf16 against two in fp32, so
+    the suite also times 2048 and 4096 at 4 warps (16 and 32 elements per thread) before any default changes."""
     if elements < 16 or elements & (elements - 1):
         raise ValueError(f"max_block: elements must be a power of two >= 16, got {elements}")
-    _max_block_override.append(elements)
+    if num_warps is not None and num_warps not in (1, 2, 4, 8, 16, 32):
+        raise ValueError(f"max_block: num_warps must be a power of two from 1 to 32, got {num_warps}")
+    _max_block_override.append((elements, num_warps))
     try:
         yield
     finally:
@@ -259,9 +262,9 @@ def max_block(elements: int):
 def _launch_config(n_per_sample: int) -> tuple[int, int]:
     # 1024 elements (4 KiB of fp32 per input) per program keeps enough programs in flight at SD
     # shape (32 x 16 per step) while the log-prob partials buffer stays tiny
-    cap = _max_block_override[-1] if _max_block_override else MAX_BLOCK
+    cap, warps = _max_block_override[-1] if _max_block_override else (MAX_BLOCK, None)
     block = min(cap, triton.next_power_of_2(max(n_per_sample, 16)))
-    return block, 4 if block <= 1024 else 8
+    return block, warps or (4 if block <= 1024 else 8)
 
 
 def _forward_triton(u, c, x, noise, prev, a_t, a_prev, sigma, guidance_scale, prediction_type, clip_range):

@@ -252,3 +252,13 @@ def test_a_smaller_block_splits_a_sample_and_gives_the_same_step():
     with pytest.raises(ValueError, match="power of two"):
         with K.max_block(1000):
             pass
+    with K.max_block(256, num_warps=2):
+        assert K._launch_config(4 * 16 * 16) == (256, 2)
+        prev_warps, lp_warps = K.fused_ddim_step(u, x, a_t, a_prev, sigma, **kw)
+    assert torch.equal(prev, prev_warps)
+    torch.testing.assert_close(lp_warps, lp, atol=1e-5, rtol=1e-6)
+    with K.max_block(2048):
+        assert K._launch_config(4096) == (2048, 8)      # the default's warps above 1024 elements
+    with pytest.raises(ValueError, match="num_warps"):
+        with K.max_block(256, num_warps=3):
+            pass
