@@ -13,6 +13,7 @@ import torch
 from cxrl.config import ModelConfig, TrainConfig
 from cxrl.diffusion.ace import AdaptiveConditionEmbedding
 from cxrl.diffusion.attention import set_attention_backend
+from cxrl.diffusion.compiled import compile_unet
 from cxrl.diffusion.generator import load_generator
 from cxrl.diffusion.lora import apply_lora, trainable_parameters
 from cxrl.diffusion.tiny import make_tiny_generator
@@ -63,6 +64,10 @@ def build_policy(gen, model: ModelConfig, seed: int) -> Policy:
         gen.unet.requires_grad_(True)
     if model.gradient_checkpointing:
         gen.unet.enable_gradient_checkpointing()
+    # after the adapters and the anchor's copy exist: the compiled graphs contain the adapters, the copy compiles alone
+    compile_unet(gen.unet, model.compile)
+    if anchor_unet is not None:
+        compile_unet(anchor_unet, model.compile)
     unet_params = trainable_parameters(gen.unet)
     for p in unet_params:  # master weights in float32 whatever the frozen dtype
         p.data = p.data.float()
