@@ -34,7 +34,7 @@ from cxrl.kernels.flash_attention import MAX_HEAD_DIM, SUPPORTED_DTYPES, flash_a
 BACKENDS = ("auto", "triton", "xformers", "sdpa")
 
 _recorded: dict[str, str] = {}  # shape family -> the choice last written to the backend report
-# (backend asked, cross, shapes, dtype, device) -> the backend resolved for an unmasked call. A UNet makes the same
+# (backend asked, cross, shapes, dtype, device, masked) -> the backend resolved for that call. A UNet makes the same
 # few calls every step; on a GPU the family key, the locks and the report check cost 8-30 us a call (auto vs SDPA in
 # the GPU suite's attention rows), a tenth of a small kernel. Cleared with the decider (configure_auto).
 _resolved: dict[tuple, str] = {}
@@ -122,13 +122,14 @@ AUTO = configure_auto()
 
 
 def _resolve(q, k, v, scale, attention_mask, backend: str, cross: bool) -> str:
-    """The backend to run for this call; every choice goes to the backend report (once per shape family)."""
-    if attention_mask is not None:
-        return _resolve_slow(q, k, v, scale, attention_mask, backend, cross)
-    fast_key = (backend, cross, q.shape, k.shape, q.dtype, q.device)
+    """The backend to run for this call; every choice goes to the backend report (once per shape family). Masked
+    calls are cached too (always SDPA): ACE masks the unconditional rows' cross-attention, and a compiled UNet
+    (cxrl/diffusion/compiled.py) must find every call resolved, with no lock to trace."""
+    masked = attention_mask is not None
+    fast_key = (backend, cross, q.shape, k.shape, q.dtype, q.device, masked)
     name = _resolved.get(fast_key)
     if name is None:
-        name = _resolved[fast_key] = _resolve_slow(q, k, v, scale, None, backend, cross)
+        name = _resolved[fast_key] = _resolve_slow(q, k, v, scale, attention_mask, backend, cross)
     return name
 
 

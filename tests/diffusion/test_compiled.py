@@ -34,7 +34,14 @@ def test_each_signature_runs_eagerly_once_then_compiled_in_one_graph_with_the_sa
             again = unet(x, t, encoder_hidden_states=ctx).sample
             torch.testing.assert_close(first, eager, rtol=0, atol=0)
             torch.testing.assert_close(again, eager, rtol=1e-5, atol=1e-6)
-    assert wrapped.calls == {"eager": 2, "compiled": 2}
+        x, t, ctx = _inputs(unet, 2)                # ACE's masked cross-attention (the unconditional rows' slots)
+        mask = torch.ones(2, ctx.shape[1])
+        mask[0, -2:] = 0
+        eager = wrapped.eager(x, t, encoder_hidden_states=ctx, encoder_attention_mask=mask).sample
+        for _ in range(2):
+            out = unet(x, t, encoder_hidden_states=ctx, encoder_attention_mask=mask).sample
+            torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-6)
+    assert wrapped.calls == {"eager": 3, "compiled": 3}
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])   # one graph per signature
 
 
