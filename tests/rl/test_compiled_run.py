@@ -23,10 +23,13 @@ def _compiled_epoch(gen_dir, out, extra=()):
     return tr, tr.update(0, batch)
 
 
-@pytest.mark.parametrize("finetune", ["lora", "full"])
-def test_a_compiled_run_samples_and_updates_through_the_compiled_unet(tiny_pixel_dir, tmp_path, monkeypatch, finetune):
+@pytest.mark.parametrize("finetune, workers", [("lora", 0), ("full", 0), ("lora", 2)])
+def test_a_compiled_run_samples_and_updates_through_the_compiled_unet(tiny_pixel_dir, tmp_path, monkeypatch, finetune,
+                                                                      workers):
     monkeypatch.setenv("CXRL_COMPILE_BACKEND", "aot_eager")   # traced in seconds; the slow test below uses inductor
-    tr, result = _compiled_epoch(tiny_pixel_dir, tmp_path, [f"model.finetune={finetune}"])
+    # workers=2: two rollout chunks sampled at once on two threads, both through the one compiled forward
+    tr, result = _compiled_epoch(tiny_pixel_dir, tmp_path, [f"model.finetune={finetune}",
+                                                            f"train.rollout_workers={workers}", "rewards.overlap=false"])
     calls = tr.gen.unet.forward.calls
     assert calls["compiled"] > calls["eager"] > 0            # 3 sampling steps, anchor and recompute calls
     if finetune == "full":                                    # the frozen anchor copy compiles on its own
