@@ -32,10 +32,11 @@ class ModelConfig:
     memory_format: str = opt("contiguous", "UNet weight layout for the convolutions: 'channels_last' (NHWC) is the "
                              "layout cuDNN's tensor-core kernels prefer; on the demo's CPU it sped the rollouts ~4% "
                              "and the update not at all (docs/demo.md); the same maths, rounded differently", choices=["contiguous", "channels_last"])
-    compile: str = opt("off", "torch.compile the UNet's forward (and a full fine-tune's anchor copy): 'off', 'default', "
-                       "'reduce-overhead' (CUDA graphs) or 'max-autotune'. The same work in fewer kernels; each input shape "
-                       "compiles once (minutes for SD-1.5), and stored and recomputed log-probs then agree to rounding, "
-                       "not to the bit (cxrl/diffusion/compiled.py)", choices=["off", "default", "reduce-overhead", "max-autotune"])
+    compile: str = opt("off", "torch.compile the UNet's forward (and a full fine-tune's anchor copy): 'off' or 'default' "
+                       "(inductor; CUDA-graph and max-autotune modes are not offered: untested in training). The same work "
+                       "in fewer kernels, 1.19-1.23x TRL's epoch on the CPU (docs/benchmarks.md); each input shape compiles "
+                       "once (~70 s cold for a tiny UNet on a CPU), and stored and recomputed log-probs then agree to "
+                       "rounding, not to the bit (cxrl/diffusion/compiled.py)", choices=["off", "default"])
     attention: str = opt("auto", "UNet attention backend: 'auto' (on CUDA one timed decision per shape family, shared by "
                          "sampling and the PPO recompute and cached on disk per device; SDPA on CPU), 'triton', "
                          "'xformers', 'sdpa', or 'diffusers' (leave the model's own processors)",

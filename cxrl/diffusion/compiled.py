@@ -20,7 +20,7 @@ import threading
 
 import torch
 
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+COMPILE_MODES = ("off", "default")   # CUDA-graph / max-autotune modes: not offered until measured in training
 
 
 def _signature(args, kwargs) -> tuple:
@@ -41,8 +41,8 @@ class CompiledForward:
 
     def __init__(self, eager_forward, mode: str, backend: str = "inductor"):
         self.eager = eager_forward
-        options = {} if mode == "default" else {"mode": mode}
-        self.compiled = torch.compile(eager_forward, backend=backend, dynamic=False, **options)
+        self.mode = mode
+        self.compiled = torch.compile(eager_forward, backend=backend, dynamic=False)
         self.seen: set = set()
         self.calls = {"eager": 0, "compiled": 0}
         self._lock = threading.Lock()   # rollout workers call the UNet from two threads on the CPU
