@@ -16,6 +16,7 @@ Two things shape it:
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 
 import torch
@@ -67,6 +68,12 @@ def compile_unet(unet: torch.nn.Module, mode: str, backend: str | None = None) -
         return None
     if isinstance(unet.forward, CompiledForward):
         raise ValueError("compile_unet: this UNet's forward is compiled already")
-    wrapped = CompiledForward(unet.forward, mode, backend or os.environ.get("CXRL_COMPILE_BACKEND") or "inductor")
+    backend = backend or os.environ.get("CXRL_COMPILE_BACKEND") or "inductor"
+    device = next(unet.parameters()).device
+    if backend == "inductor" and device.type == "cpu" and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+        # inductor writes C++ for the CPU; without a compiler the first compiled call fails deep inside torch
+        raise RuntimeError("model.compile=default on the CPU needs a C++ compiler (inductor generates C++): install "
+                           "g++ (e.g. apt-get install g++) or set model.compile=off")
+    wrapped = CompiledForward(unet.forward, mode, backend)
     unet.forward = wrapped   # an instance attribute: nn.Module.__call__ (hooks included) calls it
     return wrapped

@@ -68,3 +68,16 @@ def test_off_compiles_nothing_and_bad_requests_are_refused(tiny_latent_dir):
     compile_unet(unet, "default", backend="aot_eager")
     with pytest.raises(ValueError, match="compiled already"):
         compile_unet(unet, "default", backend="aot_eager")
+
+
+def test_inductor_on_a_cpu_without_a_compiler_is_refused_with_the_fix(tiny_latent_dir, monkeypatch):
+    import cxrl.diffusion.compiled as compiled
+
+    unet = load_generator(tiny_latent_dir).unet
+    monkeypatch.delenv("CXRL_COMPILE_BACKEND", raising=False)
+    monkeypatch.setattr(compiled.shutil, "which", lambda name: None)
+    eager = unet.forward
+    with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler.*model.compile=off"):
+        compile_unet(unet, "default")
+    assert unet.forward == eager                     # nothing was wrapped
+    compile_unet(unet, "default", backend="aot_eager")   # a backend that writes no C++ needs none
