@@ -147,7 +147,7 @@ SHORT = {  # the headline keys each step shows on its one table line
     "attention": ("rows", "goal_met", "auto_slower_than_best"),
     "unet_equivalence": ("precision", "rel_err_triton_out", "rel_err_triton_grad", "triton_attention_shapes"),
     "rl_epoch": ("cxrl_vs_eager", "overhead_epoch_vs_bare_unet", "mfu_bare_unet", "mfu_cxrl_epoch"),
-    "peer_trl": ("cxrl_vs_trl[case]", "cxrl_vs_trl[defaults]"),
+    "peer_trl": ("cxrl_vs_trl[",),   # a key ending in '[' stands for every key it begins (presets, cxrl settings)
     "gpu_check": ("checks", "failed"),
     "demo": ("device", "epochs_done", "epoch_s_median", "train_s", "save_and_evaluate_s", "total_s", "posture_ci_low",
              "consistency_ci_low", "auroc_ci_low"),
@@ -178,7 +178,7 @@ def _details(entry: dict) -> list[str]:
             f"{r['rel_err_attn_grad']:.2e}  {r['first_call_s']:.1f}" for r in rows]
     if name == "peer_trl":
         return ["  preset                                        TRL epoch s  cxrl epoch s  cxrl speed-up (goal >= 1.5)"] + [
-            f"  {r['preset'][:45]:45s} {r['trl_epoch_s']:11.2f} {r['cxrl_epoch_s']:13.2f} {r['cxrl_speedup_over_trl']:9.2f}"
+            f"  {r['preset']:45s} {r['trl_epoch_s']:11.2f} {r['cxrl_epoch_s']:13.2f} {r['cxrl_speedup_over_trl']:9.2f}"
             for r in rows]
     if name == "demo":   # one line per epoch: where its seconds went
         return ["  epoch  epoch s  sample s  score s  update s  reward"] + [
@@ -199,7 +199,9 @@ def table(summary: dict) -> str:
     lines.append(f"{'step':17s} {'status':7s} {'secs':>6s} {'compile':>7s} {'run':>6s}  headline")
     for e in s["steps"]:
         head = e.get("headline") or {}
-        short = " ".join(f"{k}={_fmt(head[k])}" for k in SHORT.get(e["name"], ()) if k in head)
+        keys = [k for want in SHORT.get(e["name"], ()) for k in head
+                 if (k.startswith(want) if want.endswith("[") else k == want)]
+        short = " ".join(f"{k}={_fmt(head[k])}" for k in keys)
         comp = f"{e['compile_s']:.1f}" if e.get("compile_s") else "-"
         run = f"{e['run_s']:.1f}" if e.get("run_s") else "-"
         lines.append(f"{e['name']:17s} {e['status']:7s} {e.get('seconds', 0):6.1f} {comp:>7s} {run:>6s}  {short}")

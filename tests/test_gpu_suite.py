@@ -170,3 +170,16 @@ def test_the_peer_steps_cxrl_settings_come_from_the_environment_and_are_checked_
         peer_overrides({"CXRL_SUITE_PEER_SET": "train.determinstic=false"})
     with pytest.raises(ValueError, match="must be true/false"):
         peer_overrides({"CXRL_SUITE_PEER_SET": "train.deterministic=maybe"})
+
+
+def test_the_table_shows_every_peer_ratio_with_the_settings_that_made_it():
+    rows = [{"preset": "case-16img-10steps-tf0.5-cfg5.0-lora-bf16 cxrl:model.compile=default", "trl_epoch_s": 3.7,
+             "cxrl_epoch_s": 2.5, "cxrl_speedup_over_trl": 1.48}]
+    summary = {"mode": "gpu", "device": "H200", "wall_s": 100, "budget_s": 480, "exit_code": 0,
+               "steps": [{"name": "peer_trl", "status": "pass", "seconds": 90.0,
+                          "headline": {"cxrl_vs_trl[case]": 0.99, "cxrl_vs_trl[case model.compile=default]": 1.48},
+                          "rows": rows}]}
+    text = gpu_report.table(summary)
+    line = next(l for l in text.splitlines() if l.startswith("peer_trl"))
+    assert "cxrl_vs_trl[case]=0.99" in line and "cxrl_vs_trl[case model.compile=default]=1.48" in line
+    assert "lora-bf16 cxrl:model.compile=default" in text        # the preset is not cut before its settings
