@@ -40,9 +40,8 @@ def _signature(args, kwargs) -> tuple:
 class CompiledForward:
     """A UNet's forward: eager on the first call of each input signature, compiled after it."""
 
-    def __init__(self, eager_forward, mode: str, backend: str = "inductor"):
+    def __init__(self, eager_forward, backend: str = "inductor"):
         self.eager = eager_forward
-        self.mode = mode
         self.compiled = torch.compile(eager_forward, backend=backend, dynamic=False)
         self.seen: set = set()
         self.calls = {"eager": 0, "compiled": 0}
@@ -74,6 +73,6 @@ def compile_unet(unet: torch.nn.Module, mode: str, backend: str | None = None) -
         # inductor writes C++ for the CPU; without a compiler the first compiled call fails deep inside torch
         raise RuntimeError("model.compile=default on the CPU needs a C++ compiler (inductor generates C++): install "
                            "g++ (e.g. apt-get install g++) or set model.compile=off")
-    wrapped = CompiledForward(unet.forward, mode, backend)
+    wrapped = CompiledForward(unet.forward, backend)
     unet.forward = wrapped   # an instance attribute: nn.Module.__call__ (hooks included) calls it
     return wrapped
