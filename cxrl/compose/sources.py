@@ -8,6 +8,7 @@ image; ``prompt_pool`` turns the ``data`` config section into the RL's :class:`~
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -17,8 +18,9 @@ from cxrl.data.iuxray import IUXrayReports
 from cxrl.data.mimic import MimicCXR
 from cxrl.data.phantom import PhantomCXR
 from cxrl.data.prompt_files import read_prompt_file
-from cxrl.rl.prompts import PromptPool
+from cxrl.rl.prompts import PromptPool, without_findings
 
+log = logging.getLogger(__name__)
 DATASET_SOURCES = tuple(s for s in DATA_SOURCES if s != "file")   # the ones with images and splits
 DEFAULT_RESOLUTION = {"phantom": 64, "iuxray": 512, "mimic": 512}
 
@@ -67,6 +69,11 @@ def prompt_pool(data: DataConfig, tokenizer=None) -> PromptPool:
         entries = prompt_entries(open_dataset(data.source, data.split, path=path, reports_path=data.reports_path,
                                               tokenizer=tokenizer, check_files=False))
     unique = list({e["prompt"]: e for e in reversed(entries)}.values())[::-1]   # first occurrence wins
+    if data.exclude_findings:
+        kept = without_findings(unique, data.exclude_findings)
+        log.info("data.exclude_findings: %d of %d prompts state %s present and are left out of the RL prompt pool",
+                 len(unique) - len(kept), len(unique), " or ".join(data.exclude_findings))
+        unique = kept
     if data.max_prompts:
         unique = unique[: data.max_prompts]
     return PromptPool(unique, weights=[e["weight"] for e in unique] if data.weight_column else None,

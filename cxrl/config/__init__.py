@@ -65,6 +65,7 @@ class Config:
             raise ValueError(f"monitor.split ({self.monitor.split!r}) must differ from data.split: the probe prompts "
                              "must be held out from the RL prompts")
         _validate_reward_entries(self.rewards.components)
+        _validate_findings("data.exclude_findings", self.data.exclude_findings)
         if self.train.rollout_workers > 1 and self.rewards.overlap:
             raise ValueError(f"train.rollout_workers={self.train.rollout_workers} with rewards.overlap: the scoring thread "
                              "takes the rollout chunks in order, one at a time; turn one of them off (rollout_workers=0 "
@@ -140,6 +141,22 @@ def _validate_reward_entries(components: list) -> None:
         names.append(entry["name"])
     if len(set(names)) != len(names):
         raise ValueError(f"rewards.components: reward names must be unique, got {names}")
+
+
+def _validate_findings(key: str, names) -> None:
+    """A list of distinct CheXpert label names (a misspelt one would silently exclude nothing)."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"config field '{key}' must be a list of CheXpert label names, got {names!r}")
+    if not names:
+        return
+    from cxrl.data.labels import CHEXPERT_LABELS   # (imports torch: only when there is something to check)
+    for name in names:
+        if name not in CHEXPERT_LABELS:
+            close = difflib.get_close_matches(name, CHEXPERT_LABELS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"{key}: {name!r} is not a CheXpert label{hint} (labels: {', '.join(CHEXPERT_LABELS)})")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{key}: labels must be distinct, got {names}")
 
 
 def _positive_ints(key: str, values, min_len: int) -> None:

@@ -159,6 +159,10 @@ class DataConfig:
                                "the pool's prompts stating it): 0 = off, 0.5 = square-root class-balanced draws that "
                                "show rare findings about twice as often (needs labelled prompts; cxrl/rl/prompts.py)",
                                lo=0.0)
+    exclude_findings: list = opt([], "leave out of the RL prompt pool every prompt that states one of these CheXpert "
+                                 "findings present, e.g. [Lung Lesion]: for a finding the reward models cannot see, "
+                                 "whose prompts teach the policy only side effects (needs labelled prompts; the demo: "
+                                 "docs/demo.md, 'Session 19')")
 
 
 @dataclass

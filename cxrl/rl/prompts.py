@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cxrl.data.labels import LABEL_INDEX
 from cxrl.rl.seeding import derive_seed
 
 BALANCE_CANDIDATES = 8   # uniform draws an epoch chooses among under data.draw=balanced (1 would be the uniform draw)
@@ -127,6 +128,22 @@ def label_balanced_weights(labels: np.ndarray, power: float) -> np.ndarray:
     w = (classes * class_weight).max(axis=1)
     w[~classes.any(axis=1)] = class_weight[sizes > 0].min() if (sizes > 0).any() else 1.0
     return w / w.sum()
+
+
+def without_findings(entries: list[dict], findings) -> list[dict]:
+    """The entries whose labels state none of ``findings`` (CheXpert label names) present, in order. Uncertain and
+    negated mentions stay: only a prompt asking for the finding is left out."""
+    columns = [LABEL_INDEX[name] for name in findings]
+    unlabelled = [e for e in entries if e.get("labels") is None]
+    if unlabelled:
+        raise ValueError(f"data.exclude_findings needs the findings of the prompts, but {len(unlabelled)} of "
+                         f"{len(entries)} prompts have no labels (e.g. {unlabelled[0]['prompt'][:60]!r}); give the "
+                         "prompt file a labels column")
+    kept = [e for e in entries if not any(float(e["labels"][c]) == 1.0 for c in columns)]
+    if not kept:
+        raise ValueError(f"data.exclude_findings {list(findings)}: every one of the {len(entries)} prompts states one "
+                         "of them; no prompt is left to train on")
+    return kept
 
 
 def reward_metadata(entry: dict) -> dict:
