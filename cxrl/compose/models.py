@@ -75,12 +75,20 @@ def build_policy(gen, model: ModelConfig, seed: int) -> Policy:
     if model.ace_tokens > 0:
         ace = AdaptiveConditionEmbedding.for_generator(gen, model.ace_tokens, seed=seed).float()
     ace_params = list(ace.parameters()) if ace is not None else []
-    return Policy(gen=gen, ace=ace, unet_params=unet_params, ace_params=ace_params, anchor_unet=anchor_unet)
+    text_params, anchor_text_encoder = [], None
+    if model.train_text_encoder:
+        anchor_text_encoder = copy.deepcopy(gen.text_encoder).requires_grad_(False).eval()
+        gen.text_encoder.float().requires_grad_(True)   # stays in eval mode: no dropout in a policy's log-density
+        text_params = list(gen.text_encoder.parameters())
+    return Policy(gen=gen, ace=ace, unet_params=unet_params, ace_params=ace_params, anchor_unet=anchor_unet,
+                  text_params=text_params, anchor_text_encoder=anchor_text_encoder)
 
 
 def build_optimizer(policy: Policy, train: TrainConfig) -> torch.optim.AdamW:
     groups = [{"params": policy.unet_params, "lr": train.learning_rate}]
     if policy.ace_params:
         groups.append({"params": policy.ace_params, "lr": train.ace_learning_rate})
+    if policy.text_params:   # no decay: it pulls toward zero, not toward the base (the KL does that)
+        groups.append({"params": policy.text_params, "lr": train.text_encoder_learning_rate, "weight_decay": 0.0})
     return torch.optim.AdamW(groups, betas=(train.adam_beta1, train.adam_beta2), eps=train.adam_eps,
                              weight_decay=train.weight_decay)

@@ -28,6 +28,9 @@ class ModelConfig:
     lora_rank: int = opt(4, "LoRA rank (finetune: lora)", lo=1)
     lora_alpha: float = opt(4.0, "LoRA scaling numerator (scale = alpha / rank)", lo=0.0, lo_open=True)
     ace_tokens: int = opt(2, "number of adaptive condition embedding tokens appended to the text context; 0 disables ACE", lo=0)
+    train_text_encoder: bool = opt(False, "train every weight of the text encoder too (learning rate "
+                                   "train.text_encoder_learning_rate); the KL and RLCF's anchor keep a frozen copy of it. "
+                                   "The paper trains the UNet and ACE only; the demo trains it (docs/demo.md, 'Session 20')")
     gradient_checkpointing: bool = opt(False, "recompute UNet activations in the backward pass to save memory")
     memory_format: str = opt("contiguous", "UNet weight layout for the convolutions: 'channels_last' (NHWC) is the "
                              "layout cuDNN's tensor-core kernels prefer; on the demo's CPU it sped the rollouts ~4% "
@@ -81,6 +84,8 @@ class TrainConfig:
     epochs: int = opt(100, "RL epochs (rollout + update rounds)", lo=1)
     learning_rate: float = opt(3e-4, "AdamW learning rate of the UNet parameters", lo=0.0, lo_open=True)
     ace_learning_rate: float = opt(1e-3, "AdamW learning rate of the ACE tokens", lo=0.0, lo_open=True)
+    text_encoder_learning_rate: float = opt(1e-4, "AdamW learning rate of the text encoder (model.train_text_encoder), "
+                                            "without weight decay", lo=0.0, lo_open=True)
     weight_decay: float = opt(1e-4, "AdamW weight decay", lo=0.0)
     adam_beta1: float = opt(0.9, "AdamW beta1", lo=0.0, hi=1.0)
     adam_beta2: float = opt(0.999, "AdamW beta2", lo=0.0, hi=1.0)

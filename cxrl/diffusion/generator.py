@@ -61,7 +61,7 @@ class Generator:
     device: torch.device
     dtype: torch.dtype
     source: Path | None = None
-    _empty_embeds: torch.Tensor | None = field(default=None, repr=False)
+    _empty_embeds: tuple | None = field(default=None, repr=False)   # (text encoder state, embedding)
 
     @property
     def is_latent(self) -> bool:
@@ -98,10 +98,11 @@ class Generator:
     def max_length(self) -> int:
         return int(self.tokenizer.model_max_length)
 
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Text-encoder output ``[B, model_max_length, D]``: padded with the pad token, truncated, no grad.
+    def encode_prompts(self, prompts: list[str], *, with_grad: bool = False) -> torch.Tensor:
+        """Text-encoder output ``[B, model_max_length, D]``: padded with the pad token, truncated.
 
-        Deterministic and detached (the encoder is frozen and in eval mode), so callers may cache it.
+        Deterministic and detached (the encoder is in eval mode), so callers may cache it while the encoder's
+        weights stay as they are; ``with_grad`` keeps the graph (an RL update that trains the text encoder).
         """
         if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
             raise ValueError(f"prompts: expected a list of strings, got {type(prompts).__name__}")
@@ -112,15 +113,21 @@ class Generator:
             raise ValueError("prompts: empty list")
         tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_length,
                                 truncation=True, return_tensors="pt")
-        with torch.no_grad():
+        with torch.set_grad_enabled(with_grad):
             hidden = self.text_encoder(tokens.input_ids.to(self.device))[0]
         return hidden.to(self.dtype)
 
+    def _text_encoder_state(self) -> tuple:
+        # every in-place change of a parameter (an optimizer step, a restored checkpoint, an EMA swap) bumps its
+        # version counter, and a copied encoder has other tensors: either makes a cached embedding stale
+        return tuple((id(p), p._version) for p in self.text_encoder.parameters())
+
     def empty_embeds(self) -> torch.Tensor:
         """Embedding of the empty prompt ``[1, L, D]`` (the usual CFG negative), computed once."""
-        if self._empty_embeds is None:
-            self._empty_embeds = self.encode_prompts([""])
-        return self._empty_embeds
+        state = self._text_encoder_state()
+        if self._empty_embeds is None or self._empty_embeds[0] != state:
+            self._empty_embeds = (state, self.encode_prompts([""]))
+        return self._empty_embeds[1]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Diffused tensor ``[B, *latent_shape]`` -> images ``[B, C, H, W]`` in [0, 1]."""

@@ -45,10 +45,12 @@ class FrozenAnchor:
         return torch.cat(images)
 
     @torch.no_grad()
-    def log_prob_details(self, x_t, x_prev, timesteps, embeds):
-        """The anchor's step mean (and log-prob) on stored transitions: the other side of the KL penalty."""
+    def log_prob_details(self, x_t, x_prev, timesteps, embeds, negative_embeds=None):
+        """The anchor's step mean (and log-prob) on stored transitions: the other side of the KL penalty.
+        ``embeds``/``negative_embeds`` must be the anchor's text encoder's (default negative: its empty prompt)."""
         s = self.sampling
         with self.policy.lora_disabled():
-            return recompute_log_prob(self.policy.anchor_generator(), x_t, x_prev, timesteps, embeds, negative_embeds=None,
+            return recompute_log_prob(self.policy.anchor_generator(), x_t, x_prev, timesteps, embeds,
+                                      negative_embeds=negative_embeds,
                                       guidance_scale=s.guidance_scale, eta=s.eta, num_steps=s.num_steps,
                                       return_details=True)

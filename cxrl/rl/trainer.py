@@ -74,6 +74,7 @@ class EpochBatch:
     images: torch.Tensor | None = None
     initial_noise: torch.Tensor | None = None
     embeds: torch.Tensor | None = None          # [P_local, L, D] unique prompts of this rank
+    unique_prompts: list[str] | None = None     # those prompts (the update re-encodes them when it trains the encoder)
     sample_seconds: float = 0.0
     score_work_seconds: float = 0.0             # summed over chunks (overlapped or not): the scoring work
 
@@ -142,6 +143,7 @@ class Trainer:
         index = {p: i for i, p in enumerate(dict.fromkeys(batch.prompts))}
         unique = list(index)
         ids = torch.tensor([index[p] for p in batch.prompts], dtype=torch.long)
+        batch.unique_prompts = unique
         batch.embeds = self.gen.encode_prompts(unique)
         noise = noise_for(seeds, self.gen.latent_shape, device=self.device, dtype=self.gen.dtype)
         batch.initial_noise = noise
@@ -255,14 +257,28 @@ class Trainer:
     def update(self, epoch: int, batch: EpochBatch):
         s, ace = self.cfg.sampling, self.policy.ace
 
+        trains_text = self.policy.trains_text_encoder
+        if trains_text:   # the anchor's side of the KL sees its own frozen encoder's embeddings
+            anchor_gen = self.policy.anchor_generator()
+            anchor_embeds, anchor_negative = anchor_gen.encode_prompts(batch.unique_prompts), anchor_gen.empty_embeds()
+
         def log_prob_fn(mb):
-            embeds = batch.embeds[mb.prompt_ids.to(batch.embeds.device)]
-            kw = dict(negative_embeds=None, guidance_scale=s.guidance_scale, eta=s.eta, num_steps=s.num_steps)
+            ids = mb.prompt_ids.to(batch.embeds.device)
+            negative = None
+            if trains_text:   # through the encoder, so that its weights get a gradient (the empty prompt's too)
+                embeds = self.gen.encode_prompts(batch.unique_prompts, with_grad=True)[ids]
+                negative = self.gen.encode_prompts([""], with_grad=True)
+            else:
+                embeds = batch.embeds[ids]
+            kw = dict(negative_embeds=negative, guidance_scale=s.guidance_scale, eta=s.eta, num_steps=s.num_steps)
             if self.cfg.train.kl_beta <= 0:
                 return recompute_log_prob(self.gen, mb.x_t, mb.x_prev, mb.timesteps, embeds, ace=ace, **kw), None
             details = recompute_log_prob(self.gen, mb.x_t, mb.x_prev, mb.timesteps, embeds, ace=ace,
                                          return_details=True, **kw)
-            anchor = self.anchor.log_prob_details(mb.x_t, mb.x_prev, mb.timesteps, embeds)
+            if trains_text:
+                anchor = self.anchor.log_prob_details(mb.x_t, mb.x_prev, mb.timesteps, anchor_embeds[ids], anchor_negative)
+            else:
+                anchor = self.anchor.log_prob_details(mb.x_t, mb.x_prev, mb.timesteps, embeds)
             std = details.std.view(-1, *([1] * (details.mean.dim() - 1)))
             return details.log_prob, kl_to_anchor(details.mean.float(), anchor.mean.float(), std.float())
 

@@ -124,6 +124,31 @@ def test_tokenizer_is_the_same_in_every_build(tmp_path):
     assert merges == ["a b</w>", "a c</w>", "a d</w>"]
 
 
+def test_empty_prompt_embedding_follows_the_text_encoders_weights(tiny_pixel_dir):
+    """The cached empty-prompt embedding (CFG's negative) is recomputed after any in-place change of the encoder
+    (an RL update that trains it, a restored checkpoint) and for a copy with another encoder, never served stale."""
+    import copy
+    import dataclasses
+    gen = load_generator(tiny_pixel_dir)
+    first = gen.empty_embeds()
+    assert gen.empty_embeds() is first                                   # cached while nothing changes
+    other = dataclasses.replace(gen, text_encoder=copy.deepcopy(gen.text_encoder))
+    with torch.no_grad():
+        other.text_encoder.final_layer_norm.bias.add_(0.5)   # the copy changes; gen's encoder does not
+    torch.testing.assert_close(other.empty_embeds(), first + 0.5)
+    assert gen.empty_embeds() is first
+    with torch.no_grad():
+        gen.text_encoder.final_layer_norm.bias.add_(0.25)
+    changed = gen.empty_embeds()
+    torch.testing.assert_close(changed, first + 0.25)
+    assert torch.equal(changed, gen.encode_prompts([""]))
+    grad = gen.encode_prompts(["mild cardiomegaly"], with_grad=True)
+    assert not grad.requires_grad                                        # frozen weights: nothing to differentiate
+    gen.text_encoder.requires_grad_(True)
+    grad = gen.encode_prompts(["mild cardiomegaly"], with_grad=True)
+    assert grad.requires_grad and not gen.encode_prompts(["mild cardiomegaly"]).requires_grad
+
+
 # ----------------------------------------------------------------------------------------- loading
 def test_load_pixel_generator(tiny_pixel_dir):
     gen = load_generator(tiny_pixel_dir)

@@ -20,6 +20,7 @@ ABLATIONS = {   # file -> the dotted config keys it changes relative to the demo
     "posture_only.yaml": {"rewards.components"},
     "diagnostic_only.yaml": {"rewards.components"},
     "consistency_only.yaml": {"rewards.components"},
+    "frozen_text_encoder.yaml": {"model.train_text_encoder"},
 }
 
 
@@ -54,7 +55,8 @@ def test_32_epoch_demo_is_the_previous_default():
     old = _flat(to_dict(load_config(REPO / "configs" / "demo_32_epochs.yaml")))
     assert {k for k in demo if demo[k] != old[k]} == {
         "sampling.group_size", "rewards.components", "train.epochs", "train.timestep_fraction", "train.clip_range",
-        "train.advantage", "train.final_policy", "log.output_dir", "log.sample_every"}
+        "train.advantage", "train.final_policy", "log.output_dir", "log.sample_every", "model.train_text_encoder"}
+    assert demo["model.train_text_encoder"] and not old["model.train_text_encoder"]   # frozen when it was measured
     assert (demo["train.epochs"], demo["train.advantage"], demo["sampling.group_size"]) == (16, "group_batch", 8)
     assert (old["train.epochs"], old["train.advantage"], old["sampling.group_size"]) == (32, "group", 4)
     assert (demo["train.final_policy"], old["train.final_policy"]) == ("best_probe", "last")
@@ -73,7 +75,7 @@ def test_one_step_candidate_changes_only_the_rollout_split():
     cand = _flat(to_dict(load_config(REPO / "configs" / "demo_one_step.yaml")))
     assert {k for k in demo if demo[k] != cand[k]} == {
         "sampling.samples_per_epoch", "train.epochs", "train.timestep_fraction", "train.batch_size", "monitor.every",
-        "log.output_dir"}
+        "log.output_dir", "model.train_text_encoder"}   # the last: frozen, as when it was measured
     from cxrl.trajectory.plan import num_trained_steps
     window = cand["sampling.num_steps"] - cand["train.skip_last_steps"]
     assert num_trained_steps(window, cand["train.timestep_fraction"]) == 1

@@ -4,6 +4,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from rl_run_helpers import REPO, subprocess_env, tiny_overrides
@@ -16,7 +17,8 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_ranks_equal_one_process(tiny_pixel_dir, tmp_path):
+@pytest.mark.parametrize("text_encoder", [False, True], ids=["frozen_text_encoder", "trained_text_encoder"])
+def test_two_ranks_equal_one_process(tiny_pixel_dir, tmp_path, text_encoder):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("small left pleural effusion\nno acute process\nmild cardiomegaly\nright pneumothorax\n")
     # Global batch: 4 images in rollout chunks of 2; one optimizer step per epoch over all of them and
@@ -24,7 +26,7 @@ def test_two_ranks_equal_one_process(tiny_pixel_dir, tmp_path):
     # adam_eps well above the gradient scale keeps AdamW's step linear in the gradient: with the
     # default 1e-8, elements whose gradient is ~0 take a +-lr step whose sign is float noise.
     common = ["data.source=file", f"data.path={prompts}", "train.timestep_fraction=1.0", "train.batch_size=1",
-              "train.adam_eps=1e-3"]
+              "train.adam_eps=1e-3", f"model.train_text_encoder={str(text_encoder).lower()}"]
     single, multi = tmp_path / "single", tmp_path / "multi"
     env = subprocess_env()
     one = subprocess.run([sys.executable, "-m", "cxrl", "train",
@@ -47,4 +49,5 @@ def test_two_ranks_equal_one_process(tiny_pixel_dir, tmp_path):
     # training actually moved the weights away from the LoRA init (B = 0), so the comparison is not vacuous
     moved = sum(int(v.abs().max() > 0) for k, v in a["weights"].items() if "lora_B" in k)
     assert moved > 0
+    assert any(k.startswith("text_encoder.") for k in a["weights"]) == text_encoder   # each rank's own prompts, one average
     assert a["tracker"] == b["tracker"]

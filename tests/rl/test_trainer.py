@@ -135,6 +135,51 @@ def test_full_finetune_with_kl_ema_and_gradient_checkpointing(tiny_pixel_dir, tm
     assert groups["ema"]["decay"] == decay and len(groups["ema"]["shadow"]) == len(tr.policy.params)
 
 
+TEXT_ENCODER = ["model.finetune=full", "model.ace_tokens=0", "model.train_text_encoder=true", "train.kl_beta=0.5",
+                "train.text_encoder_learning_rate=1e-3", "train.learning_rate=1e-4", "log.sample_every=0"]
+
+
+def test_a_trained_text_encoder_is_updated_against_its_frozen_copy(tiny_pixel_dir, tmp_path):
+    tr = _trainer(tiny_pixel_dir, tmp_path, epochs=2, extra=[*TEXT_ENCODER, "train.gradient_accumulation=4"])
+    encoder, frozen = tr.gen.text_encoder, tr.policy.anchor_text_encoder
+    base = [p.detach().clone() for p in frozen.parameters()]
+    assert all(p.requires_grad for p in encoder.parameters()) and not any(p.requires_grad for p in frozen.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(base, encoder.parameters()))
+    first = tr.run_epoch(0)                          # one optimizer step, at the end of the epoch
+    # until that step the policy is the anchor: its prompt and empty-prompt embeddings come from an equal encoder
+    assert first["train/optimizer_steps"] == 1 and first["train/kl_to_anchor"] == 0.0
+    assert all(not torch.equal(a, b) for a, b in zip(base, encoder.parameters()))   # every weight got a gradient
+    assert all(torch.equal(a, b) for a, b in zip(base, frozen.parameters()))       # the anchor's did not move
+    # the next epoch's negative comes from the trained encoder, the anchor's from the frozen one
+    assert torch.equal(tr.gen.empty_embeds(), tr.gen.encode_prompts([""]))
+    assert not torch.equal(tr.gen.empty_embeds(), tr.policy.anchor_generator().empty_embeds())
+    assert tr.run_epoch(1)["train/kl_to_anchor"] > 0
+    assert any(k.startswith("text_encoder.") for k in tr.policy.named_trainable())
+
+
+def test_a_trained_text_encoder_resumes_bitwise_and_is_saved(tiny_pixel_dir, tmp_path):
+    from cxrl.diffusion import load_generator, save_generator
+    full = _trainer(tiny_pixel_dir, tmp_path / "a", epochs=3, extra=TEXT_ENCODER)
+    full.fit()
+    part = _trainer(tiny_pixel_dir, tmp_path / "b", epochs=1, extra=TEXT_ENCODER)
+    part.fit()
+    resumed = _trainer(tiny_pixel_dir, tmp_path / "b", epochs=3, extra=TEXT_ENCODER)
+    assert resumed.resume(tmp_path / "b") and resumed.epoch == 1
+    resumed.fit()
+    named = full.policy.named_trainable()
+    for (k, a), b in zip(named.items(), resumed.policy.named_trainable().values()):
+        assert torch.equal(a, b), k
+    saved = load_generator(save_generator(full.gen, tmp_path / "final"))
+    for (name, a), b in zip(full.gen.text_encoder.named_parameters(), saved.text_encoder.parameters()):
+        assert torch.equal(a.detach(), b), name
+    assert not torch.equal(named["text_encoder.final_layer_norm.bias"],
+                           load_generator(tiny_pixel_dir).text_encoder.final_layer_norm.bias)
+    # a checkpoint of a run that trained the encoder does not fit a run that does not
+    plain = _trainer(tiny_pixel_dir, tmp_path / "b", epochs=3, extra=TEXT_ENCODER[:2] + TEXT_ENCODER[3:])
+    with pytest.raises(ValueError, match="unexpected .*text_encoder"):
+        plain.resume(tmp_path / "b")
+
+
 def test_cached_anchor_scores_are_the_base_generators_scores(tiny_pixel_dir, tmp_path):
     """The anchor-score cache against the real anchor: after two epochs of training (the LoRA weights moved), every
     cached anchor score equals the score of an image re-sampled from a fresh load of the base generator, from the
