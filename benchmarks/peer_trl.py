@@ -9,7 +9,8 @@ Equal settings come from one cxrl :class:`~cxrl.config.Config` mapped by :func:`
 per epoch, sampling batch, steps, eta, CFG, trained timesteps, train batch, gradient accumulation, PPO clip,
 advantage clip, per-prompt advantages, AdamW, LoRA r4/alpha 4 on to_q/to_k/to_v/to_out.0 or full
 fine-tuning, precision. What TRL cannot express is refused with the reason: RLCF's frozen anchor (the
-peer rows use ``rewards.feedback=direct``), ACE (``model.ace_tokens=0``), group advantages, KL, EMA.
+peer rows use ``rewards.feedback=direct``), ACE (``model.ace_tokens=0``), a trained text encoder, group
+advantages, KL, EMA.
 Both sides score with the same reward (mean image intensity). Before timing, one audited epoch of each
 counts the rows run by the UNet (with and without grad) and by the VAE decoder and the trained
 parameters; unequal work is refused. Everything else is each library's own default behaviour (cxrl:
@@ -88,6 +89,8 @@ def ddpo_settings(cfg, device_type: str) -> tuple[dict, bool]:
     problems = []
     if m.ace_tokens:
         problems.append(f"model.ace_tokens={m.ace_tokens}: TRL has no ACE (set model.ace_tokens=0)")
+    if m.train_text_encoder:
+        problems.append("model.train_text_encoder=true: TRL's DDPOTrainer keeps the text encoder frozen (set it to false)")
     if r.feedback != "direct":
         problems.append(f"rewards.feedback={r.feedback!r} samples the frozen RLCF anchor; TRL has none (set rewards.feedback=direct)")
     if t.advantage != "per_prompt":

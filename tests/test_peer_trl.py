@@ -62,6 +62,7 @@ def test_gpu_mapping_is_bf16_weights_on_both_sides(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     ({"rewards__feedback": "comparative"}, "RLCF anchor"),
     ({"model__ace_tokens": 2}, "no ACE"),
+    ({"model__train_text_encoder": True}, "keeps the text encoder frozen"),
     ({"model__lora_rank": 8}, "rank 4, alpha 4"),
     ({"train__timestep_fraction": 0.3}, "trains 2 steps in cxrl .ceil. but 1 in TRL"),
     ({"train__advantage": "group"}, "per prompt or over the batch"),
