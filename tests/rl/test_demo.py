@@ -20,7 +20,6 @@ ABLATIONS = {   # file -> the dotted config keys it changes relative to the demo
     "posture_only.yaml": {"rewards.components"},
     "diagnostic_only.yaml": {"rewards.components"},
     "consistency_only.yaml": {"rewards.components"},
-    "frozen_text_encoder.yaml": {"model.train_text_encoder"},
 }
 
 
@@ -55,8 +54,7 @@ def test_32_epoch_demo_is_the_previous_default():
     old = _flat(to_dict(load_config(REPO / "configs" / "demo_32_epochs.yaml")))
     assert {k for k in demo if demo[k] != old[k]} == {
         "sampling.group_size", "rewards.components", "train.epochs", "train.timestep_fraction", "train.clip_range",
-        "train.advantage", "train.final_policy", "log.output_dir", "log.sample_every", "model.train_text_encoder"}
-    assert demo["model.train_text_encoder"] and not old["model.train_text_encoder"]   # frozen when it was measured
+        "train.advantage", "train.final_policy", "log.output_dir", "log.sample_every"}
     assert (demo["train.epochs"], demo["train.advantage"], demo["sampling.group_size"]) == (16, "group_batch", 8)
     assert (old["train.epochs"], old["train.advantage"], old["sampling.group_size"]) == (32, "group", 4)
     assert (demo["train.final_policy"], old["train.final_policy"]) == ("best_probe", "last")
@@ -75,7 +73,7 @@ def test_one_step_candidate_changes_only_the_rollout_split():
     cand = _flat(to_dict(load_config(REPO / "configs" / "demo_one_step.yaml")))
     assert {k for k in demo if demo[k] != cand[k]} == {
         "sampling.samples_per_epoch", "train.epochs", "train.timestep_fraction", "train.batch_size", "monitor.every",
-        "log.output_dir", "model.train_text_encoder"}   # the last: frozen, as when it was measured
+        "log.output_dir"}
     from cxrl.trajectory.plan import num_trained_steps
     window = cand["sampling.num_steps"] - cand["train.skip_last_steps"]
     assert num_trained_steps(window, cand["train.timestep_fraction"]) == 1
@@ -83,6 +81,16 @@ def test_one_step_candidate_changes_only_the_rollout_split():
     # the same optimizer steps an epoch (samples / batch), and 1.5x the rollouts a run
     assert cand["sampling.samples_per_epoch"] // cand["train.batch_size"] == demo["sampling.samples_per_epoch"] // demo["train.batch_size"]
     assert cand["sampling.samples_per_epoch"] * cand["train.epochs"] == 1.5 * demo["sampling.samples_per_epoch"] * demo["train.epochs"]
+
+
+def test_text_encoder_candidate_changes_only_the_text_encoder():
+    """configs/demo_text_encoder.yaml (session 20) is the demo with its text encoder trained, at the UNet's learning
+    rate, and nothing else; the demo keeps it frozen."""
+    demo = _flat(to_dict(load_config("packaged:demo.yaml")))
+    cand = _flat(to_dict(load_config(REPO / "configs" / "demo_text_encoder.yaml")))
+    assert {k for k in demo if demo[k] != cand[k]} == {"model.train_text_encoder", "log.output_dir"}
+    assert cand["model.train_text_encoder"] and not demo["model.train_text_encoder"]
+    assert cand["train.text_encoder_learning_rate"] == cand["train.learning_rate"]
 
 
 def test_single_reward_ablations_keep_one_reward():
