@@ -29,9 +29,9 @@ class ModelConfig:
     lora_alpha: float = opt(4.0, "LoRA scaling numerator (scale = alpha / rank)", lo=0.0, lo_open=True)
     ace_tokens: int = opt(2, "number of adaptive condition embedding tokens appended to the text context; 0 disables ACE", lo=0)
     train_text_encoder: bool = opt(False, "train every weight of the text encoder too (learning rate "
-                                   "train.text_encoder_learning_rate); the KL and RLCF's anchor keep a frozen copy of it. "
-                                   "The paper trains the UNet and ACE only; on the demo it moved which seeds miss, not how many (docs/demo.md, "
-                                   "'Session 20')")
+                                   "train.text_encoder_learning_rate); the KL and RLCF's anchor keep a frozen copy. "
+                                   "The paper trains the UNet and ACE only; on the demo it moved which seeds "
+                                   "miss, not how many (docs/demo.md, 'Session 20')")
     gradient_checkpointing: bool = opt(False, "recompute UNet activations in the backward pass to save memory")
     memory_format: str = opt("contiguous", "UNet weight layout for the convolutions: 'channels_last' (NHWC) is the "
                              "layout cuDNN's tensor-core kernels prefer; on the demo's CPU it sped the rollouts ~4% "
