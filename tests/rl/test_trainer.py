@@ -153,6 +153,9 @@ def test_a_trained_text_encoder_is_updated_against_its_frozen_copy(tiny_pixel_di
     # the next epoch's negative comes from the trained encoder, the anchor's from the frozen one
     assert torch.equal(tr.gen.empty_embeds(), tr.gen.encode_prompts([""]))
     assert not torch.equal(tr.gen.empty_embeds(), tr.policy.anchor_generator().empty_embeds())
+    # with the UNet set back to the anchor's, the policy differs from the anchor only through the encoder: the KL of
+    # the next epoch (every minibatch before its one step) is positive only if the anchor side uses the frozen encoder
+    tr.gen.unet.load_state_dict(tr.policy.anchor_unet.state_dict())
     assert tr.run_epoch(1)["train/kl_to_anchor"] > 0
     assert any(k.startswith("text_encoder.") for k in tr.policy.named_trainable())
 
